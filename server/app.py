@@ -1,0 +1,183 @@
+"""The app factory and its routes: glue between HTTP and the gateway.
+
+Request flow (one turn): auth from the header, before the body is read -> bounded body read ->
+`parse_request` -> `Gateway.admit` (503 at once when full, draining or dead) -> `Gateway.plan`
+(prompt tokens, sampling) -> `Gateway.start` -> a response object that iterates the engine
+inside the response body. When the caller hangs up, Starlette cancels the body, and the turn's
+`finally` aborts the engine request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+
+from server.auth import Authenticator
+from server.errors import (
+    CallgateError,
+    EngineFailed,
+    EngineUnavailable,
+    MethodNotAllowed,
+    NotFound,
+    Unauthorized,
+)
+from server.http import Completion, PlainStream, SseStream, error_response, read_body, request_id
+from server.lifecycle import EngineFactory, Runtime, start_engine
+from server.metrics import Metrics
+from server.schemas import ChatRequest, parse_request
+from server.settings import Settings
+
+log = logging.getLogger("callgate")
+
+CHAT_PATHS = ("/", "/chat/completions", "/v1/chat/completions")
+
+
+def create_app(
+    settings: Settings,
+    codes: list[str],
+    registry: CollectorRegistry | None = None,
+    engine_factory: EngineFactory = start_engine,
+) -> FastAPI:
+    metrics = Metrics(registry or CollectorRegistry(auto_describe=True))
+    metrics.declare(list(settings.models.aliases))
+    runtime = Runtime(settings, metrics, engine_factory)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.begin()
+        yield
+        runtime.close()
+
+    app = FastAPI(title="callgate", version="0.1.0", lifespan=lifespan, docs_url=None)
+    app.state.runtime = runtime
+    app.state.auth = Authenticator(codes)
+    app.state.metrics = metrics
+    _routes(app, settings)
+    _error_handlers(app)
+    return app
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+
+
+def _routes(app: FastAPI, settings: Settings) -> None:
+    stream_class = SseStream if settings.server.sse == "sse-starlette" else PlainStream
+    body_schema = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
+        }
+    }
+
+    async def chat(request: Request, runtime: RuntimeDep) -> Response:
+        arrival = time.perf_counter()
+        rid = request_id(request.headers.get("x-request-id"))
+        model, session = "", None
+        try:
+            if not request.app.state.auth.check(request.headers.get("authorization")):
+                raise Unauthorized("missing or wrong Authorization code")
+            body = await read_body(request, settings.server.max_body_bytes)
+            req = parse_request(body)
+            model, session = req.model, req.session_id
+            gateway = runtime.gateway
+            if gateway is None:
+                raise EngineUnavailable("the engine is still loading", headers={"Retry-After": "5"})
+            gateway.admit()
+            plan = gateway.plan(req, rid, arrival)
+        except ClientDisconnect:
+            runtime.metrics.requests.labels(settings.models.default, "client_gone").inc()
+            log.info("request %s: client left while sending the body", rid)
+            return Response(status_code=499)
+        except CallgateError as err:
+            _rejected(runtime, err, rid, model, arrival, session)
+            return error_response(err, rid)
+        except Exception:
+            log.exception("request %s failed before streaming", rid)
+            failure = EngineFailed("internal error while preparing the turn")
+            _rejected(runtime, failure, rid, model, arrival, session)
+            return error_response(failure, rid)
+        turn = gateway.start(plan)
+        headers = {"X-Request-Id": rid}
+        if req.stream:
+            return stream_class(
+                turn, turn_s=settings.deadlines.turn_s, ping_s=settings.server.sse_ping_s,
+                headers=headers,
+            )  # fmt: skip
+        return Completion(turn, turn_s=settings.deadlines.turn_s, headers=headers)
+
+    for path in CHAT_PATHS:
+        app.add_api_route(
+            path, chat, methods=["POST"], openapi_extra=body_schema, response_class=Response
+        )
+
+    @app.get("/health")
+    async def health(runtime: RuntimeDep) -> JSONResponse:
+        """Liveness: the engine is up (503 while loading and once it has died)."""
+        up = runtime.alive
+        return JSONResponse({"status": "ok" if up else runtime.state}, 200 if up else 503)
+
+    @app.get("/ready")
+    async def ready(runtime: RuntimeDep) -> JSONResponse:
+        """Readiness: send turns here (503 while loading, draining, stalled or dead)."""
+        ok, why = runtime.readiness()
+        return JSONResponse({"status": why}, 200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request, runtime: RuntimeDep) -> Response:
+        """Ours and vLLM's metrics; OpenMetrics (with exemplars) when the scraper asks for it."""
+        if settings.auth.protect_metrics and not request.app.state.auth.check(
+            request.headers.get("authorization")
+        ):
+            err = Unauthorized("missing or wrong Authorization code")
+            return error_response(err, request_id(None))
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        body = encoder(runtime.metrics.registry)
+        vllm_part = encoder(REGISTRY)
+        if content_type.startswith("application/openmetrics-text"):
+            body = body.removesuffix(b"# EOF\n")  # one EOF marker, at the very end
+        return Response(body + vllm_part, media_type=content_type)
+
+
+def _rejected(
+    runtime: Runtime, err: CallgateError, rid: str, model: str, arrival: float, session: str | None
+) -> None:
+    if runtime.gateway is not None:
+        runtime.gateway.rejected(err, rid, model, arrival, session)
+    else:
+        runtime.metrics.requests.labels(runtime.settings.models.default, err.outcome).inc()
+        log.info("request %s refused: %s", rid, err.message)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Framework errors (unknown path, wrong method) in the same JSON shape as ours."""
+
+    async def http_error(request: Request, exc: Any) -> Response:
+        rid = request_id(request.headers.get("x-request-id"))
+        status = getattr(exc, "status_code", 500)
+        err: CallgateError
+        if status == 404:
+            err = NotFound(f"no route for {request.method} {request.url.path}")
+        elif status == 405:
+            err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        else:
+            err = CallgateError(str(getattr(exc, "detail", "error")))
+            err.status = status
+        return error_response(err, rid)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)

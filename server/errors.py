@@ -1,0 +1,89 @@
+"""One table of domain errors, two renderings.
+
+Before the first byte of a response, an error is an HTTP status with a JSON body carrying both
+OpenAI's shape (`{"error": {"message", "type", "code"}}`) and DashScope's top-level `code`,
+`message`, `request_id` (the console's test button shows that body). After the stream has
+started there is no status to change: `stream.py` ends the turn in-band with the fallback
+sentence instead. Each error also names the `outcome` it is counted under in the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class CallgateError(Exception):
+    """Base of every error that becomes a response; subclasses fix status, type, code."""
+
+    status: int = 500
+    type: str = "internal_error"
+    code: str = "internal_error"
+    outcome: str = "error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidRequest(CallgateError):
+    status, type, code, outcome = 400, "invalid_request_error", "invalid_parameter", "invalid"
+
+
+class UnsupportedFeature(InvalidRequest):
+    code = "unsupported_parameter"
+
+
+class ContextTooLong(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class Unauthorized(CallgateError):
+    status, type, code, outcome = 401, "authentication_error", "invalid_api_key", "unauthorized"
+
+
+class NotFound(CallgateError):
+    status, type, code, outcome = 404, "invalid_request_error", "not_found", "invalid"
+
+
+class MethodNotAllowed(CallgateError):
+    status, type, code, outcome = 405, "invalid_request_error", "method_not_allowed", "invalid"
+
+
+class PayloadTooLarge(CallgateError):
+    status, type, code, outcome = 413, "invalid_request_error", "payload_too_large", "invalid"
+
+
+class Overloaded(CallgateError):
+    """Admission refused before any engine work; the gateway may retry elsewhere."""
+
+    status, type, code, outcome = 503, "overloaded_error", "server_overloaded", "rejected"
+
+
+class Draining(CallgateError):
+    status, type, code, outcome = 503, "service_unavailable", "server_draining", "draining"
+
+
+class EngineUnavailable(CallgateError):
+    """The engine is loading or dead: nothing this request did wrong."""
+
+    status, type, code, outcome = 503, "service_unavailable", "engine_unavailable", "error"
+
+
+class EngineFailed(CallgateError):
+    """The engine raised while serving this turn (before anything was streamed)."""
+
+    status, type, code, outcome = 500, "internal_error", "engine_error", "error"
+
+
+def error_body(err: CallgateError, request_id: str) -> bytes:
+    """The JSON body of an error response, in both shapes the gateway's peers read."""
+    return json.dumps(
+        {
+            "error": {"message": err.message, "type": err.type, "code": err.code},
+            "code": err.code,
+            "message": err.message,
+            "request_id": request_id,
+        },
+        ensure_ascii=False,
+    ).encode("utf-8")

@@ -1,0 +1,176 @@
+"""The gateway's state and decisions: admission, planning a turn, accounting for it.
+
+Routes hand it a validated request; it says no (a `CallgateError`) or returns a `Turn` ready to
+be streamed. Everything a turn changes on the way out (metrics, the log line, the in-flight
+count, the stall clock behind `/ready`) is written in `_finished`, once per turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from server.chunks import ChunkRenderer
+from server.engine import Engine
+from server.errors import CallgateError, Draining, EngineUnavailable, Overloaded
+from server.metrics import Metrics
+from server.prompt import PromptBuilder, SystemPrompts, assemble
+from server.sampling import sampling_kwargs
+from server.schemas import ChatRequest
+from server.settings import Settings
+from server.tokenizer import ChatTokenizer
+from server.turn import Progress, Turn, TurnPlan
+
+log = logging.getLogger("callgate.turn")
+
+THINK_TOKENS = ("<think>", "</think>")
+
+
+class Gateway:
+    def __init__(
+        self, settings: Settings, engine: Engine, tokenizer: ChatTokenizer, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = metrics
+        self._aliases = settings.models.aliases
+        self._default = settings.models.default
+        self._prompts = SystemPrompts({a: s.system_prompt for a, s in self._aliases.items()})
+        self._builder = PromptBuilder(
+            tokenizer, engine.max_model_len, reserve=settings.sampling.max_tokens
+        )
+        self._banned = (
+            () if settings.sampling.enable_thinking else tokenizer.token_ids(*THINK_TOKENS)
+        )
+        self.max_in_flight = settings.limits.max_in_flight or 2 * engine.max_num_seqs
+        self.open_turns: set[Turn] = set()
+        self.draining = False
+        # Last time the engine showed progress (a token, or work arriving at an idle engine).
+        self.progress = Progress()
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def alias_for(self, model: str) -> str:
+        return model if model in self._aliases else self._default
+
+    def admit(self) -> None:
+        """Refuse at once, before any engine work, when the turn cannot be served well."""
+        if self.draining:
+            raise Draining("the server is shutting down", headers=self._retry_after())
+        if not self.engine.alive:
+            raise EngineUnavailable("the engine is not running", headers=self._retry_after())
+        if len(self.open_turns) >= self.max_in_flight:
+            raise Overloaded(
+                f"more than {self.max_in_flight} turns in flight", headers=self._retry_after()
+            )
+        self.engine.check_admission()
+
+    def plan(self, request: ChatRequest, request_id: str, arrival: float) -> TurnPlan:
+        alias = self.alias_for(request.model)
+        system = self._prompts.render(alias, request.biz_params)
+        dialog = assemble(system, [(m.role, m.text) for m in request.messages])
+        prompt = self._builder.build(dialog)
+        sampling = sampling_kwargs(
+            request,
+            self.engine.generation_defaults,
+            max_tokens_cap=self.settings.sampling.max_tokens,
+            room=self.engine.max_model_len - len(prompt.token_ids),
+            banned_token_ids=self._banned,
+        )
+        return TurnPlan(
+            request_id=request_id,
+            engine_id=f"{request_id}.{secrets.token_hex(4)}",
+            alias=alias,
+            request=request,
+            token_ids=prompt.token_ids,
+            sampling=sampling,
+            renderer=ChunkRenderer(
+                request.model or alias, f"chatcmpl-{request_id}", int(time.time())
+            ),
+            fallback_text=self._aliases[alias].fallback_text,
+            first_token_s=self.settings.deadlines.first_token_s,
+            arrival=arrival,
+            dropped_turns=prompt.dropped_turns,
+        )
+
+    def start(self, plan: TurnPlan) -> Turn:
+        turn = Turn(plan, self.engine, self.metrics, self._finished, self.progress)
+        if not self.open_turns:
+            self.progress.at = time.perf_counter()
+        self.open_turns.add(turn)
+        self.metrics.in_flight.labels(plan.alias).inc()
+        return turn
+
+    # -- accounting --------------------------------------------------------------------------
+
+    def _finished(self, turn: Turn) -> None:
+        plan, rec, m = turn.plan, turn.record, self.metrics
+        self.open_turns.discard(turn)
+        alias = plan.alias
+        e2e = time.perf_counter() - plan.arrival
+        m.in_flight.labels(alias).dec()
+        m.requests.labels(alias, rec.outcome).inc()
+        m.e2e.labels(alias).observe(e2e)
+        m.prompt_tokens.labels(alias).inc(len(plan.token_ids))
+        m.output_tokens.labels(alias).inc(rec.output_tokens)
+        m.cached_tokens.labels(alias).inc(rec.cached_tokens)
+        if rec.gaps:
+            itl = m.itl.labels(alias)
+            for gap in rec.gaps:
+                itl.observe(gap)
+        fields: dict[str, Any] = {
+            "event": "turn",
+            "request_id": plan.request_id,
+            "session_id": plan.request.session_id,
+            "out_id": plan.request.out_id,
+            "model": plan.request.model,
+            "alias": alias,
+            "outcome": rec.outcome,
+            "prompt_tokens": len(plan.token_ids),
+            "cached_tokens": rec.cached_tokens,
+            "output_tokens": rec.output_tokens,
+            "dropped_turns": plan.dropped_turns,
+            "ttft_ms": None if rec.ttft is None else round(rec.ttft * 1000, 1),
+            "total_ms": round(e2e * 1000, 1),
+            "stream": plan.request.stream,
+        }
+        if rec.outcome == "client_gone":
+            fields["disconnect_stage"] = rec.stage
+        if rec.error:
+            fields["error"] = rec.error
+        if self.settings.server.log_content:
+            fields["messages"] = [m.model_dump() for m in plan.request.messages]
+            fields["biz_params"] = plan.request.biz_params
+        log.info("turn %s %s", plan.request_id, rec.outcome, extra={"turn": fields})
+
+    def rejected(
+        self, err: CallgateError, request_id: str, model: str, arrival: float, session: str | None
+    ) -> None:
+        """Count and log a request refused before it became a turn."""
+        alias = self.alias_for(model)
+        self.metrics.requests.labels(alias, err.outcome).inc()
+        fields = {
+            "event": "turn",
+            "request_id": request_id,
+            "session_id": session,
+            "model": model,
+            "alias": alias,
+            "outcome": err.outcome,
+            "status": err.status,
+            "error": err.message,
+            "total_ms": round((time.perf_counter() - arrival) * 1000, 1),
+        }
+        log.info("turn %s %s", request_id, err.outcome, extra={"turn": fields})
+
+    # -- health ------------------------------------------------------------------------------
+
+    def stalled(self) -> bool:
+        """Requests are running but the engine has produced nothing for `stall_s`."""
+        if not self.open_turns or self.engine.num_unfinished() == 0:
+            return False
+        return time.perf_counter() - self.progress.at > self.settings.readiness.stall_s
+
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.settings.limits.retry_after_s)}

@@ -1,0 +1,161 @@
+"""HTTP edges: bounded reads, error responses, and the two ways a turn leaves the server.
+
+A turn's response object owns the turn's end: whatever happens to the connection (finished,
+cut off by the turn deadline, the client gone before the first byte) its `__call__` ends in
+`turn.finish()`, so every admitted turn is accounted once.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import anyio
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from server.errors import CallgateError, PayloadTooLarge, error_body
+from server.turn import Turn
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id(incoming: str | None) -> str:
+    """Honour a caller's X-Request-Id when it is short and plain; otherwise make one."""
+    if incoming and _SAFE_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it (413) as soon as it passes `limit`, chunked bodies included."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error_response(err: CallgateError, rid: str) -> Response:
+    return Response(
+        error_body(err, rid),
+        status_code=err.status,
+        media_type="application/json",
+        headers={"X-Request-Id": rid, **err.headers},
+    )
+
+
+class _TurnResponse:
+    """Shared by both stream classes: turn deadline around the whole response, then account."""
+
+    turn: Turn
+    turn_s: float
+
+    async def _serve(self, parent_call: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            with anyio.move_on_after(self.turn_s) as cut:
+                await parent_call(scope, receive, send)
+            if cut.cancelled_caught:  # a reader that stopped reading, or an endless engine
+                self.turn.record.outcome = "deadline"
+        except ClientDisconnect:
+            pass  # the turn records client_gone; there is nobody to answer
+        finally:
+            self.turn.finish()
+
+
+class SseStream(_TurnResponse, EventSourceResponse):
+    """The reply through sse-starlette (the project's SSE library), keep-alives configurable."""
+
+    def __init__(self, turn: Turn, *, turn_s: float, ping_s: float, headers: dict[str, str]):
+        super().__init__(turn.sse(), headers={**SSE_HEADERS, **headers}, ping=ping_s)
+        self.turn, self.turn_s = turn, turn_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(super().__call__, scope, receive, send)
+
+
+class PlainStream(_TurnResponse, StreamingResponse):
+    """The same bytes through Starlette's StreamingResponse, for side-by-side measurement."""
+
+    def __init__(self, turn: Turn, *, turn_s: float, ping_s: float, headers: dict[str, str]):
+        super().__init__(
+            turn.sse(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+        )
+        self.turn, self.turn_s = turn, turn_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(super().__call__, scope, receive, send)
+
+
+class Completion(Response):
+    """`stream: false`: the whole reply as one JSON body, still aborted if the client leaves."""
+
+    def __init__(self, turn: Turn, *, turn_s: float, headers: dict[str, str]) -> None:
+        super().__init__(media_type="application/json", headers=headers)
+        self.turn, self.turn_s, self.extra_headers = turn, turn_s, headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body: bytes | None = None
+        gone = False
+
+        async def watch(cancel: anyio.CancelScope) -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            cancel.cancel()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch, tg.cancel_scope)
+                with anyio.move_on_after(self.turn_s):
+                    body = await self.turn.completion()
+                tg.cancel_scope.cancel()
+            if body is None and not gone:
+                self.turn.record.outcome = "deadline"
+                body = self.turn.plan.renderer.completion(
+                    self.turn.plan.fallback_text, "stop", len(self.turn.plan.token_ids), 0, 0
+                )
+            if not gone and body is not None:
+                response = Response(body, media_type="application/json", headers=self.extra_headers)
+                await response(scope, receive, send)
+        finally:
+            self.turn.finish()
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on the request head (httptools has none).
+
+    Past the bound the parser callback raises; uvicorn answers 400 and closes the connection,
+    so an oversized header never reaches the app or grows memory.
+    """
+
+    max_head_bytes = 16_384
+
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._grow(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _grow(self, n: int) -> None:
+        self._head_bytes = getattr(self, "_head_bytes", 0) + n
+        if self._head_bytes > self.max_head_bytes:
+            raise ValueError("request head too large")

@@ -1,0 +1,154 @@
+"""The server's life: load the engine in the background, watch it, drain on shutdown.
+
+The HTTP server answers from the first second so that `/ready` can say 503 while the engine
+loads (about 30 s on a CPU, minutes for a large checkpoint on a GPU). The watchdog turns an
+engine death into what a supervisor understands: `/health` 503 and a non-zero exit. A shutdown
+signal first drains: `/ready` and new turns say 503 at once, turns in flight get `drain_s` to
+finish, the rest end with the fallback sentence, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from server.engine import Engine
+from server.gateway import Gateway
+from server.metrics import Metrics
+from server.settings import Settings
+from server.tokenizer import ChatTokenizer
+
+log = logging.getLogger("callgate")
+
+EngineFactory = Callable[[Settings], Awaitable[Engine]]
+WATCH_INTERVAL_S = 0.5
+EXIT_ENGINE_DEAD = 3
+EXIT_LOAD_FAILED = 4
+
+
+async def start_engine(settings: Settings) -> Engine:
+    return await Engine.start(settings.engine)
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        engine_factory: EngineFactory = start_engine,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.gateway: Gateway | None = None
+        self.state = "loading"  # loading -> ready -> draining | dead
+        self.exit_code = 0
+        self._engine_factory = engine_factory
+        # Set by the process runner: how to make the HTTP server stop.
+        self.request_exit: Callable[[], None] = lambda: None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- start -------------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self._spawn(self._load())
+
+    async def _load(self) -> None:
+        s = self.settings
+        try:
+            tokenizer = ChatTokenizer.load(
+                s.engine.model,
+                trust_remote_code=s.engine.trust_remote_code,
+                enable_thinking=s.sampling.enable_thinking,
+            )
+            engine = await self._engine_factory(s)
+            self.gateway = Gateway(s, engine, tokenizer, self.metrics)
+        except Exception:
+            log.exception("engine failed to start")
+            self._exit(EXIT_LOAD_FAILED)
+            return
+        if self.state == "loading":
+            self.state = "ready"
+        self.metrics.engine_up.set(1)
+        log.info(
+            "engine ready: %s, max_model_len %d, max_num_seqs %d, admission limit %d",
+            s.engine.model,
+            engine.max_model_len,
+            engine.max_num_seqs,
+            self.gateway.max_in_flight,
+        )
+        await self._watch(engine)
+
+    async def _watch(self, engine: Engine) -> None:
+        while engine.alive:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+        if self.state == "stopped":
+            return
+        log.error("the engine died; open turns end with the fallback sentence; exiting")
+        self.state = "dead"
+        self.metrics.engine_up.set(0)
+        await self._wait_turns(2.0)  # let open turns flush their fallback endings
+        self._exit(EXIT_ENGINE_DEAD)
+
+    # -- health ------------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.gateway is not None and self.gateway.engine.alive
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.state != "ready" or self.gateway is None:
+            return False, self.state
+        if not self.gateway.engine.alive:
+            return False, "dead"
+        if self.gateway.stalled():
+            return False, "stalled"
+        return True, "ready"
+
+    # -- stop --------------------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        if self.state in ("draining", "dead", "stopped"):
+            return
+        self.state = "draining"
+        if self.gateway is not None:
+            self.gateway.draining = True
+        log.info("draining: up to %.1f s for turns in flight", self.settings.shutdown.drain_s)
+        self._spawn(self._drain())
+
+    async def _drain(self) -> None:
+        await self._wait_turns(self.settings.shutdown.drain_s)
+        if self.gateway is not None and self.gateway.open_turns:
+            log.warning("drain time over: %d turns end early", len(self.gateway.open_turns))
+            for turn in list(self.gateway.open_turns):
+                turn.interrupt("draining")
+            await self._wait_turns(2.0)
+        self._exit(0)
+
+    async def _wait_turns(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while self.gateway is not None and self.gateway.open_turns and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+
+    def close(self) -> None:
+        """Stop the engine (lifespan shutdown)."""
+        prior = self.state
+        self.state = "stopped"
+        for task in self._tasks:
+            task.cancel()
+        if self.gateway is not None:
+            self.metrics.engine_up.set(0)
+            try:
+                self.gateway.engine.stop()
+            except Exception:
+                log.exception("engine shutdown failed (state was %s)", prior)
+
+    def _exit(self, code: int) -> None:
+        self.exit_code = self.exit_code or code
+        self.request_exit()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

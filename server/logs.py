@@ -1,0 +1,57 @@
+"""Logging: stdlib `logging` with a JSON formatter (one object a line) or plain text.
+
+A turn's log line carries its fields in `extra={"turn": {...}}`; the JSON formatter merges them
+into the object. Message text and biz_params values appear only when `server.log_content` is
+on; auth codes never reach a log record at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        turn = getattr(record, "turn", None)
+        if isinstance(turn, dict):
+            entry.update(turn)
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        turn = getattr(record, "turn", None)
+        if isinstance(turn, dict):
+            line += " " + " ".join(f"{k}={v}" for k, v in turn.items() if k != "event")
+        return line
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "vllm"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # One line per turn is ours; uvicorn's access line would be a second, less useful one.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

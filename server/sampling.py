@@ -1,0 +1,59 @@
+"""Request -> sampling values, as plain keyword arguments for vLLM's `SamplingParams`.
+
+The order is vLLM's own server's: the checkpoint's `generation_config` defaults first, then the
+request's values, then the server's limits (a speech-sized `max_tokens` cap, the room left in
+the context, one choice). Pure: the engine adapter turns the result into `SamplingParams`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.schemas import ChatRequest
+
+# Request fields copied as they are when the caller sets them.
+_PASSTHROUGH = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "seed",
+    "stop",
+    "ignore_eos",
+)
+
+
+def sampling_kwargs(
+    request: ChatRequest,
+    defaults: dict[str, Any],
+    *,
+    max_tokens_cap: int,
+    room: int,
+    banned_token_ids: tuple[int, ...] = (),
+) -> dict[str, Any]:
+    """Merge defaults, the request and the limits.
+
+    `room` is what the context has left after the prompt; `banned_token_ids` are tokens that
+    must never be produced (Qwen3's `<think>` markers when thinking is off).
+    """
+    params: dict[str, Any] = {k: v for k, v in defaults.items() if v is not None}
+    for name in _PASSTHROUGH:
+        value = getattr(request, name)
+        if value is not None and value is not False:
+            params[name] = value
+    if request.top_k is not None:
+        # 0 and -1 both mean "off" on the wire; vLLM spells off as 0.
+        params["top_k"] = 0 if request.top_k in (0, -1) else request.top_k
+    elif "top_k" in params and params["top_k"] in (-1, None):
+        params["top_k"] = 0
+
+    wanted = request.requested_max_tokens or params.get("max_tokens") or max_tokens_cap
+    params["max_tokens"] = max(1, min(wanted, max_tokens_cap, room))
+    if request.min_tokens is not None:
+        params["min_tokens"] = min(request.min_tokens, params["max_tokens"])
+    params["n"] = 1
+    if banned_token_ids:
+        params["logit_bias"] = {tid: -100.0 for tid in banned_token_ids}
+    return params

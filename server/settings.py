@@ -1,0 +1,200 @@
+"""Typed settings: YAML file first, then `CALLGATE_<SECTION>__<KEY>` environment overrides.
+
+Every section refuses unknown keys, so a typo in a YAML file fails at start-up instead of being
+silently ignored. Auth codes are secrets: they never appear in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = Field("0.0.0.0", description="Interface to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one structured line per turn; text: for humans."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Level of the server's own log."
+    )
+    log_content: bool = Field(
+        False, description="Log message text and biz_params values (off: privacy by default)."
+    )
+    sse_ping_s: float = Field(
+        0.0, ge=0, description="SSE keep-alive comment interval; 0 = off (gateway parser unknown)."
+    )
+    sse: Literal["sse-starlette", "starlette"] = Field(
+        "sse-starlette",
+        description="Response class for streams: sse-starlette, or Starlette's StreamingResponse "
+        "(same bytes; kept for side-by-side measurement).",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted (413 beyond, while reading)."
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=1024, description="Largest request head accepted by the HTTP parser."
+    )
+
+
+class AuthSettings(_Section):
+    codes: list[SecretStr] = Field(
+        default_factory=list,
+        description="Accepted Authorization codes (raw or `Bearer <code>`). "
+        "CALLGATE_AUTH_CODES=a,b overrides. Empty: one is generated and printed at start-up.",
+    )
+    protect_metrics: bool = Field(False, description="Require an auth code on GET /metrics.")
+
+    @field_validator("codes", mode="before")
+    @classmethod
+    def _split_csv(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [c.strip() for c in v.split(",") if c.strip()]
+        return v
+
+
+class EngineSettings(_Section):
+    model: str = Field("Qwen/Qwen2.5-0.5B-Instruct", description="Checkpoint dir or hub id.")
+    served_name: str | None = Field(None, description="Name in logs; defaults to `model`.")
+    max_model_len: int | None = Field(4096, ge=16, description="Context length (tokens).")
+    dtype: str = Field("auto", description="Weights/activation dtype (auto, bfloat16, float16).")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Fraction of accelerator memory for weights + KV cache."
+    )
+    max_num_seqs: int | None = Field(None, ge=1, description="Max sequences batched at once.")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="Token budget of one scheduler step."
+    )
+    enable_prefix_caching: bool = Field(True, description="Reuse KV of shared prompt prefixes.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica spans.")
+    quantization: str | None = Field(None, description="vLLM quantization method (awq, fp8...).")
+    enforce_eager: bool = Field(False, description="No CUDA graphs / torch.compile.")
+    trust_remote_code: bool = Field(False, description="Allow checkpoint-provided code.")
+    seed: int = Field(0, description="Engine seed.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further vLLM AsyncEngineArgs passed through unchanged (load_format, ...).",
+    )
+
+
+class AliasSettings(_Section):
+    system_prompt: str = Field(
+        "",
+        description="Sandboxed Jinja2 template; `biz` holds the request's biz_params. "
+        "Put static text first and per-call values last so the prefix cache covers it.",
+    )
+    fallback_text: str = Field(
+        "Sorry, could you say that again?",
+        min_length=1,
+        description="Spoken when the engine misses the first-token deadline or fails mid-turn.",
+    )
+
+
+class ModelsSettings(_Section):
+    default: str = Field("qwen-plus", description="Alias used for names not in `aliases`.")
+    aliases: dict[str, AliasSettings] = Field(
+        default_factory=lambda: {"qwen-plus": AliasSettings()},
+        description="Request `model` names served by the checkpoint, with per-alias prompts.",
+    )
+
+    @model_validator(mode="after")
+    def _default_is_alias(self) -> ModelsSettings:
+        if self.default not in self.aliases:
+            raise ValueError(f"models.default {self.default!r} is not in models.aliases")
+        return self
+
+
+class SamplingSettings(_Section):
+    max_tokens: int = Field(256, ge=1, description="Cap on a turn's output tokens (speech).")
+    enable_thinking: bool = Field(
+        False, description="Qwen3 thinking; off for calls (no <think> text reaches a caller)."
+    )
+
+
+class LimitsSettings(_Section):
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Admission limit; beyond it a turn gets 503 + Retry-After at once. "
+        "Default: 2 x engine max_num_seqs.",
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After value on a 503.")
+
+
+class DeadlinesSettings(_Section):
+    first_token_s: float = Field(
+        5.0, gt=0, description="No token by then: abort and speak the fallback sentence."
+    )
+    turn_s: float = Field(120.0, gt=0, description="Whole-turn deadline (stalled readers).")
+
+
+class ShutdownSettings(_Section):
+    drain_s: float = Field(20.0, ge=0, description="How long in-flight turns may finish on stop.")
+
+
+class ReadinessSettings(_Section):
+    stall_s: float = Field(
+        15.0, gt=0, description="/ready turns 503 when requests run but no token came for this."
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CALLGATE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    deadlines: DeadlinesSettings = Field(default_factory=DeadlinesSettings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    readiness: ReadinessSettings = Field(default_factory=ReadinessSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the YAML file (passed as init values).
+        return (env_settings, init_settings)
+
+    @property
+    def max_in_flight(self) -> int:
+        if self.limits.max_in_flight is not None:
+            return self.limits.max_in_flight
+        return 2 * (self.engine.max_num_seqs or 256)
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Read a YAML file (optional) and apply environment overrides.
+
+    `CALLGATE_AUTH_CODES` (comma-separated) is the documented way to pass codes; it beats
+    `auth.codes` in the file, as every environment value does.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: top level must be a mapping")
+        data = loaded or {}
+    codes = os.environ.get("CALLGATE_AUTH_CODES")
+    if codes is not None:
+        data["auth"] = {**(data.get("auth") or {}), "codes": codes}
+    return Settings(**data)

@@ -1,0 +1,234 @@
+"""One caller turn, from admission to the last byte: engine deltas in, reply bytes out.
+
+The promise is that a turn always ends audibly and well-formed. Whatever happens after the
+response has started (no first token by the deadline, an engine error, a shutdown that cannot
+wait any longer), the caller hears the alias's fallback sentence, then a final chunk with a
+`finish_reason`, then `[DONE]`. Only a caller who has gone gets nothing, because nobody is
+listening; then the engine request is aborted in a `finally`, wherever the turn was.
+
+`finish()` is the single place where a turn is accounted: metrics, the log line, the in-flight
+gauge. It is idempotent and is also called by the response wrapper, so a turn whose body never
+started (the client left before the headers) is still counted exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from server.chunks import DONE, ChunkRenderer
+
+if TYPE_CHECKING:
+    from server.engine import Delta, Engine
+    from server.metrics import Metrics
+    from server.schemas import ChatRequest
+
+log = logging.getLogger("callgate.turn")
+
+
+class Progress:
+    """When the engine last produced a token for any turn: the stall clock behind /ready."""
+
+    __slots__ = ("at",)
+
+    def __init__(self) -> None:
+        self.at = time.perf_counter()
+
+
+@dataclass
+class TurnPlan:
+    """Everything decided before the engine is asked: pure values, no I/O."""
+
+    request_id: str  # public: log line, X-Request-Id, chunk ids
+    engine_id: str  # unique inside the engine even when a client reuses a request id
+    alias: str
+    request: ChatRequest
+    token_ids: list[int]
+    sampling: dict[str, Any]
+    renderer: ChunkRenderer
+    fallback_text: str
+    first_token_s: float
+    arrival: float  # time.perf_counter() when the request arrived
+    dropped_turns: int = 0
+
+
+@dataclass
+class TurnRecord:
+    """What the log line and the metrics say about a finished turn."""
+
+    outcome: str = ""
+    stage: str = "before_response"  # where the turn was when it ended abnormally
+    ttft: float | None = None
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    error: str | None = None
+    gaps: list[float] = field(default_factory=list)
+
+
+class Turn:
+    def __init__(
+        self,
+        plan: TurnPlan,
+        engine: Engine,
+        metrics: Metrics,
+        on_finish: Callable[[Turn], None],
+        progress: Progress,
+    ) -> None:
+        self.plan = plan
+        self._engine = engine
+        self._metrics = metrics
+        self._on_finish = on_finish
+        self._progress = progress
+        self._abort_task: asyncio.Task[None] | None = None
+        self.record = TurnRecord()
+        self.finish_reason = "stop"
+        self._interrupt: str | None = None
+        self._finished = False
+
+    # -- the state machine -------------------------------------------------------------------
+
+    async def texts(self) -> AsyncIterator[str]:
+        """Non-empty text pieces of the reply; sets `finish_reason` and the outcome."""
+        plan, rec = self.plan, self.record
+        rec.stage = "before_first_token"
+        deltas = self._engine.generate(plan.engine_id, plan.token_ids, plan.sampling)
+        done = False
+        try:
+            try:
+                async with asyncio.timeout_at(_loop_time_at(plan.arrival + plan.first_token_s)):
+                    first = await self._first_text(deltas)
+            except TimeoutError:
+                rec.outcome = "deadline"
+                yield plan.fallback_text
+                return
+            rec.stage = "streaming"
+            self._progress.at = time.perf_counter()
+            if first is not None:
+                if first.text:
+                    yield first.text
+                if first.finished:
+                    self._set_reason(first.finish_reason)
+                else:
+                    async for text in self._rest(deltas):
+                        yield text
+            done = True  # the engine's stream has ended, one way or another
+            if rec.outcome not in ("stop", "length"):
+                # Interrupted (shutdown), aborted elsewhere, or ended without a finish reason.
+                rec.outcome = self._interrupt or "error"
+                yield (" " if rec.output_tokens else "") + plan.fallback_text
+        except (asyncio.CancelledError, GeneratorExit):
+            rec.outcome = rec.outcome or "client_gone"
+            raise
+        except Exception as e:  # an engine failure must still end the turn audibly
+            rec.outcome = "error"
+            rec.error = f"{type(e).__name__}: {e}"
+            log.exception("turn %s failed in the engine", plan.request_id)
+            yield (" " if rec.output_tokens else "") + plan.fallback_text
+        finally:
+            if not done:
+                await self._engine.abort(plan.engine_id)
+            await deltas.aclose()
+
+    async def _rest(self, deltas: AsyncGenerator[Delta, None]) -> AsyncIterator[str]:
+        """After the first text: the per-token hot path, kept to a few operations a delta."""
+        gaps, last, progress = self.record.gaps, time.perf_counter(), self._progress
+        async for delta in deltas:
+            self._count(delta)
+            if delta.text:
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = progress.at = now
+                yield delta.text
+            if delta.finished:
+                self._set_reason(delta.finish_reason)
+
+    async def _first_text(self, deltas: AsyncGenerator[Delta, None]) -> Delta | None:
+        """The first delta that carries text or ends the turn; None if the stream just ended."""
+        async for delta in deltas:
+            self._count(delta)
+            if delta.text or delta.finished:
+                return delta
+        return None
+
+    def _count(self, delta: Delta) -> None:
+        self.record.output_tokens += delta.new_tokens
+        if delta.cached_tokens:
+            self.record.cached_tokens = delta.cached_tokens
+
+    def _set_reason(self, reason: str | None) -> None:
+        if reason == "length":
+            self.finish_reason = self.record.outcome = "length"
+        elif reason in ("stop", "eos"):
+            self.record.outcome = "stop"
+        # None (not finished yet) and "abort" leave the outcome open.
+
+    # -- renderings --------------------------------------------------------------------------
+
+    async def sse(self) -> AsyncIterator[bytes]:
+        """The streamed reply, chunk by chunk."""
+        r = self.plan.renderer
+        yield r.role()
+        first = True
+        async for text in self.texts():
+            if first:
+                first = False
+                self._observe_ttft()
+            yield r.content(text)
+        yield r.final(self.finish_reason)
+        if self.plan.request.include_usage:
+            yield r.usage(len(self.plan.token_ids), self.record.output_tokens, self._cached())
+        yield DONE
+        self.finish()
+
+    async def completion(self) -> bytes:
+        """The whole reply as one `chat.completion` body (`stream: false`)."""
+        parts = [text async for text in self.texts()]
+        body = self.plan.renderer.completion(
+            "".join(parts),
+            self.finish_reason,
+            len(self.plan.token_ids),
+            self.record.output_tokens,
+            self._cached(),
+        )
+        if parts:
+            self._observe_ttft()
+        self.finish()
+        return body
+
+    def _cached(self) -> int:
+        return self.record.cached_tokens
+
+    def _observe_ttft(self) -> None:
+        # The caller hears the first content now: measured here, at the edge.
+        self.record.ttft = ttft = time.perf_counter() - self.plan.arrival
+        self._metrics.observe_ttft(self.plan.alias, ttft, self.plan.request.session_id)
+
+    # -- control -----------------------------------------------------------------------------
+
+    def interrupt(self, reason: str) -> None:
+        """End the turn early with the fallback ending (shutdown drain ran out)."""
+        if self._finished or self._interrupt is not None:
+            return
+        self._interrupt = reason
+        self._abort_task = asyncio.get_running_loop().create_task(
+            self._engine.abort(self.plan.engine_id)
+        )
+
+    def finish(self, outcome: str | None = None) -> None:
+        """Account for the turn exactly once."""
+        if self._finished:
+            return
+        self._finished = True
+        rec = self.record
+        if not rec.outcome:
+            rec.outcome = outcome or "client_gone"
+        self._on_finish(self)
+
+
+def _loop_time_at(perf_deadline: float) -> float:
+    """Convert a perf_counter deadline to the event loop's clock."""
+    return asyncio.get_running_loop().time() + (perf_deadline - time.perf_counter())
