@@ -182,8 +182,10 @@ def _unsupported(data: dict[str, Any]) -> str | None:
     n = data.get("n")
     if n is not None and n != 1 and n != "1":
         return "n: only one choice per turn is supported"
-    if data.get("logprobs") not in (None, False) or data.get("top_logprobs") is not None:
+    if data.get("logprobs") not in (None, False):
         return "logprobs: not supported"
+    if data.get("top_logprobs") is not None:
+        return "top_logprobs: not supported"
     for key in ("tools", "functions", "tool_choice", "function_call", "audio", "modalities"):
         if data.get(key) not in (None, [], "none"):
             return f"{key}: not supported"

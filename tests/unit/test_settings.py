@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from server.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["cpu.yaml", "gpu.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    settings = load_settings(ROOT / "configs" / name)
+    assert settings.models.default in settings.models.aliases
+
+
+def test_unknown_keys_are_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("engine:\n  modle: typo\n")
+    with pytest.raises(ValidationError):
+        load_settings(bad)
+
+
+def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("engine:\n  max_model_len: 2048\n  model: m\n")
+    monkeypatch.setenv("CALLGATE_ENGINE__MAX_MODEL_LEN", "1024")
+    monkeypatch.setenv("CALLGATE_LIMITS__MAX_IN_FLIGHT", "7")
+    monkeypatch.setenv("CALLGATE_AUTH_CODES", "a, b")
+    s = load_settings(cfg)
+    assert s.engine.max_model_len == 1024 and s.engine.model == "m"
+    assert s.limits.max_in_flight == 7
+    assert [c.get_secret_value() for c in s.auth.codes] == ["a", "b"]
+
+
+def test_auth_codes_never_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALLGATE_AUTH_CODES", "sk-secret-123")
+    s = load_settings(None)
+    assert "sk-secret-123" not in repr(s) and "sk-secret-123" not in str(s.model_dump())
+
+
+def test_default_alias_must_exist(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("models:\n  default: nope\n  aliases:\n    qwen-plus: {}\n")
+    with pytest.raises(ValidationError):
+        load_settings(cfg)
