@@ -10,8 +10,8 @@ microsecond a chunk, against several for a pydantic model per token.
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from collections.abc import Callable
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 DONE = b"data: [DONE]\n\n"
