@@ -18,7 +18,6 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -34,7 +33,7 @@ from server.errors import (
 )
 from server.http import Completion, PlainStream, SseStream, error_response, read_body, request_id
 from server.lifecycle import EngineFactory, Runtime, start_engine
-from server.metrics import Metrics
+from server.metrics import Metrics, exposition
 from server.schemas import ChatRequest, parse_request
 from server.settings import Settings
 
@@ -146,12 +145,10 @@ def _routes(app: FastAPI, settings: Settings) -> None:
         ):
             err = Unauthorized("missing or wrong Authorization code")
             return error_response(err, request_id(None))
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        body = encoder(runtime.metrics.registry)
-        vllm_part = encoder(REGISTRY)
-        if content_type.startswith("application/openmetrics-text"):
-            body = body.removesuffix(b"# EOF\n")  # one EOF marker, at the very end
-        return Response(body + vllm_part, media_type=content_type)
+        body, content_type = exposition(
+            request.headers.get("accept", ""), runtime.metrics.registry, REGISTRY
+        )
+        return Response(body, media_type=content_type)
 
 
 def _rejected(

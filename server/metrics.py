@@ -8,7 +8,11 @@ vLLM's own `vllm:` metrics live in the default registry; `/metrics` serves both.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from functools import partial
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, openmetrics
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics import exposition as om_exposition
 
 OUTCOMES = (
     "stop",
@@ -102,3 +106,21 @@ class Metrics:
     def observe_ttft(self, model: str, seconds: float, session_id: str | None) -> None:
         exemplar = {"session_id": session_id[:EXEMPLAR_MAX]} if session_id else None
         self.ttft.labels(model).observe(seconds, exemplar)
+
+
+def exposition(accept: str, *registries: CollectorRegistry) -> tuple[bytes, str]:
+    """Render registries in the format the scraper asked for, as one document.
+
+    OpenMetrics is written with UTF-8 name escaping allowed: every name here is a valid
+    classic name, and vLLM's `vllm:` names keep their colons instead of being rewritten to
+    `vllm_...` (which Prometheus 2 would store under names no dashboard queries).
+    """
+    encoder, content_type = choose_encoder(accept)
+    openmetrics_format = content_type.startswith("application/openmetrics-text")
+    if openmetrics_format:
+        encoder = partial(om_exposition.generate_latest, escaping=om_exposition.ALLOWUTF8)
+        content_type = openmetrics.exposition.CONTENT_TYPE_LATEST
+    parts = [encoder(r) for r in registries]
+    if openmetrics_format:  # one `# EOF`, at the very end
+        parts = [p.removesuffix(b"# EOF\n") for p in parts[:-1]] + parts[-1:]
+    return b"".join(parts), content_type
