@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Static checks of everything under deploy/, docker-compose.yml and configs/gpu.yaml, runnable
+# without a Docker engine, a GPU or a cluster. The checks themselves live in
+# tests/test_deploy.py; this script runs them with every tool required (a missing
+# docker-compose, promtool, caddy or kubectl fails instead of skipping).
+#
+#   deploy/check.sh                  run the checks
+#   deploy/check.sh sync-configmap   rewrite deploy/k8s/configmap.yaml from configs/gpu.yaml
+#
+# Tools (Debian): apt-get install docker-compose prometheus caddy   (kubectl: any recent one)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+if [[ "${1:-}" == "sync-configmap" ]]; then
+    out=deploy/k8s/configmap.yaml
+    {
+        echo "# Generated from configs/gpu.yaml by \`deploy/check.sh sync-configmap\`: edit that file,"
+        echo "# then run the command. tests/test_deploy.py fails when the two differ."
+        echo "apiVersion: v1"
+        echo "kind: ConfigMap"
+        echo "metadata:"
+        echo "  name: callgate-config"
+        echo "  labels:"
+        echo "    app.kubernetes.io/name: callgate"
+        echo "    app.kubernetes.io/part-of: callgate"
+        echo "data:"
+        echo "  gpu.yaml: |"
+        # Indent non-empty lines only, so the block scalar carries no trailing blanks.
+        sed -e 's/^\(.\)/    \1/' configs/gpu.yaml
+    } > "$out"
+    echo "wrote $out"
+    exit 0
+fi
+
+python="${PYTHON:-$root/.venv/bin/python}"
+[[ -x "$python" ]] || python=python3
+# The one live check (metrics on a running server) belongs to the API test run, not here.
+CALLGATE_REQUIRE_DEPLOY_TOOLS=1 exec "$python" -m pytest -q tests/test_deploy.py \
+    -k "not exported_by_server" "$@"
