@@ -35,8 +35,8 @@ class Encoder(Protocol):
     """What prompt building needs from a tokenizer; `tokenizer.py` adapts Hugging Face's."""
 
     def render(self, messages: list[dict[str, str]]) -> str: ...
-    def encode_template(self, text: str) -> list[int]: ...
-    def encode_text(self, text: str) -> list[int]: ...
+    def encode_template(self, text: str) -> Sequence[int]: ...
+    def encode_text(self, text: str) -> Sequence[int]: ...
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class PromptBuilder:
         return Prompt(ids, dropped)
 
     def _render(
-        self, dialog: Sequence[Turn], texts: list[list[int]], chosen: list[int]
+        self, dialog: Sequence[Turn], texts: list[Sequence[int]], chosen: list[int]
     ) -> list[int]:
         messages = [{"role": dialog[i][0], "content": f"\x1f{self._nonce}:{i}\x1f"} for i in chosen]
         rendered = self._encoder.render(messages)

@@ -1,0 +1,344 @@
+"""Fixtures: the tiny checkpoint, callgate server processes, and an HTTP helper for API tests.
+
+API tests run against a real `python -m server` subprocess with the real vLLM engine on a tiny
+random-weight checkpoint (vLLM's `RemoteOpenAIServer` pattern): the subprocess boundary is what
+the gateway sees, and it keeps the engine's spawned core process out of pytest. Engine start-up
+costs about 30 s on this machine, so everything that can share one server uses the session
+`server`; tests that need other settings use `start_server(env=..., config=...)`.
+
+Public fixtures: `tiny_model_dir`, `start_server`, `server`, `api`, `make_api`, `chat_body`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.sse import ChatStream, parse_chat_stream
+from tests.tiny_checkpoint import build
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
+AUTH_CODE = "test-code"
+READY_TIMEOUT_S = 240.0
+STOP_TIMEOUT_S = 30.0
+
+# The shape of a turn the gateway sends: the bot's opening line, then the caller's question.
+OPENING = "Hello, valued Alibaba Cloud customer. This is a test of the opening message."
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 80) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "<no log>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class ServerHandle:
+    """A running callgate subprocess: where it listens and how to read its log."""
+
+    url: str
+    auth: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    model_dir: Path
+    env: dict[str, str] = field(repr=False)
+
+    def log_text(self) -> str:
+        """The server's combined stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+def _server_env(extra: dict[str, str]) -> dict[str, str]:
+    """The parent's environment minus any CALLGATE_* setting, plus the test defaults."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
+    env.update(
+        {
+            "CALLGATE_AUTH_CODES": AUTH_CODE,
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "CALLGATE_SERVER__LOG_FORMAT": "json",
+            # No model hub here: never let transformers or vLLM try the network.
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, wait, then SIGKILL; finally reap anything left in the server's process group.
+
+    The server runs in its own session so the engine core it spawns can be cleaned up even when
+    the server itself had to be killed.
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_ready(handle: ServerHandle, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=5.0) as client:
+        while True:
+            code = handle.proc.poll()
+            if code is not None:
+                pytest.fail(
+                    f"server exited with code {code} before it was ready; log tail:\n"
+                    f"{_tail(handle.log_path)}",
+                    pytrace=False,
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{handle.url}/ready").status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"server not ready after {timeout_s:.0f} s; log tail:\n"
+                    f"{_tail(handle.log_path)}",
+                    pytrace=False,
+                )
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def launch_server(
+    model_dir: Path,
+    log_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    config: Path | str | None = None,
+    extra_args: list[str] | None = None,
+    wait_ready: bool = True,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+) -> Iterator[ServerHandle]:
+    """Run `python -m server` on a free port until the block exits (see `start_server`)."""
+    port = _free_port()
+    full_env = _server_env(env or {})
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"server-{port}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--config",
+        str(config or TINY_CONFIG),
+        "--model",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *(extra_args or []),
+    ]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    handle = ServerHandle(
+        url=f"http://127.0.0.1:{port}",
+        auth=full_env["CALLGATE_AUTH_CODES"].split(",")[0].strip(),
+        proc=proc,
+        log_path=log_path,
+        model_dir=Path(model_dir),
+        env=full_env,
+    )
+    try:
+        if wait_ready:
+            _wait_ready(handle, ready_timeout_s)
+        yield handle
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight Qwen2 checkpoint, built once per session (a few seconds)."""
+    return build(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def start_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., contextlib.AbstractContextManager[ServerHandle]]:
+    """Factory: `with start_server(env={...}, config=path) as srv:` runs a server of its own.
+
+    Defaults: `tests/tiny.yaml`, the tiny checkpoint, auth code `test-code`, JSON logs. Returns
+    once `GET /ready` is 200 (unless `wait_ready=False`); fails fast with the log tail if the
+    process exits. On exit: SIGTERM, then SIGKILL after 30 s.
+    """
+
+    def factory(
+        env: dict[str, str] | None = None,
+        config: Path | str | None = None,
+        **kwargs: Any,
+    ) -> contextlib.AbstractContextManager[ServerHandle]:
+        log_dir = tmp_path_factory.mktemp("server-logs")
+        return launch_server(tiny_model_dir, log_dir, env=env, config=config, **kwargs)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerHandle]:
+    """The shared callgate server on `tests/tiny.yaml`. Tests must not change its state."""
+    with launch_server(tiny_model_dir, tmp_path_factory.mktemp("server-logs")) as handle:
+        yield handle
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the tail of every server log a failed test used, so failures explain themselves."""
+    report = yield
+    if report.failed and call.when == "call":
+        funcargs = getattr(item, "funcargs", {})
+        handles = {id(v): v for v in funcargs.values() if isinstance(v, ServerHandle)}
+        handles.update({id(v.handle): v.handle for v in funcargs.values() if isinstance(v, Api)})
+        for handle in handles.values():
+            report.sections.append((f"server log tail ({handle.url})", _tail(handle.log_path, 40)))
+    return report
+
+
+class Api:
+    """Thin HTTP helper for one server: post chat requests, parse streams, check errors."""
+
+    def __init__(self, handle: ServerHandle, client: httpx.Client) -> None:
+        self.handle = handle
+        self.client = client
+
+    def headers(self, auth: str | None = "raw") -> dict[str, str]:
+        """Request headers with the auth code raw (`auth="raw"`), as `Bearer`, or none."""
+        if auth == "raw":
+            return {"Authorization": self.handle.auth}
+        if auth == "bearer":
+            return {"Authorization": f"Bearer {self.handle.auth}"}
+        return {}
+
+    def post(
+        self,
+        body: dict[str, Any] | bytes | str,
+        *,
+        path: str = "/",
+        headers: dict[str, str] | None = None,
+        auth: str | None = "raw",
+    ) -> httpx.Response:
+        """POST a chat request (a dict is sent as JSON, bytes/str as the raw body)."""
+        all_headers = {**self.headers(auth), **(headers or {})}
+        url = f"{self.handle.url}{path}"
+        if isinstance(body, dict):
+            return self.client.post(url, json=body, headers=all_headers)
+        all_headers.setdefault("Content-Type", "application/json")
+        return self.client.post(url, content=body, headers=all_headers)
+
+    def stream(self, body: dict[str, Any], **kwargs: Any) -> tuple[httpx.Response, ChatStream]:
+        """POST a streaming request, assert 200, and parse the whole body strictly."""
+        response = self.post(body, **kwargs)
+        assert response.status_code == 200, response.text
+        return response, parse_chat_stream(response.content)
+
+    def complete(self, body: dict[str, Any], **kwargs: Any) -> tuple[httpx.Response, Any]:
+        """POST a `stream: false` request, assert 200, return the response and its JSON."""
+        response = self.post({**body, "stream": False}, **kwargs)
+        assert response.status_code == 200, response.text
+        return response, response.json()
+
+    @staticmethod
+    def assert_error(response: httpx.Response, status: int) -> dict[str, Any]:
+        """Assert `status` and the error body with both shapes (OpenAI and DashScope)."""
+        assert response.status_code == status, (response.status_code, response.text)
+        assert response.headers["content-type"].startswith("application/json")
+        body = response.json()
+        error = body["error"]
+        assert isinstance(error["message"], str) and error["message"]
+        assert isinstance(error["type"], str) and error["type"]
+        assert "code" in error
+        assert body["code"] not in (None, "")
+        assert isinstance(body["message"], str) and body["message"]
+        assert body["request_id"] == response.headers["x-request-id"]
+        return body
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition of `GET /metrics`."""
+        response = self.client.get(f"{self.handle.url}/metrics", headers=self.headers())
+        assert response.status_code == 200, response.text
+        return response.text
+
+
+@pytest.fixture(scope="session")
+def _http_client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def api(server: ServerHandle, _http_client: httpx.Client) -> Api:
+    """`Api` bound to the shared session server."""
+    return Api(server, _http_client)
+
+
+@pytest.fixture(scope="session")
+def make_api(_http_client: httpx.Client) -> Callable[[ServerHandle], Api]:
+    """Factory: `make_api(handle)` gives an `Api` for a server from `start_server`."""
+    return lambda handle: Api(handle, _http_client)
+
+
+@pytest.fixture(scope="session")
+def chat_body() -> Callable[..., dict[str, Any]]:
+    """Factory for a gateway-shaped request; keyword arguments override or add fields.
+
+    Default: streaming, `qwen-plus`, the opening line then a user question, `max_tokens` 8.
+    """
+    base: dict[str, Any] = {
+        "model": "qwen-plus",
+        "messages": [
+            {"role": "assistant", "content": OPENING},
+            {"role": "user", "content": "What is this about?"},
+        ],
+        "stream": True,
+        "max_tokens": 8,
+    }
+
+    def make(**overrides: Any) -> dict[str, Any]:
+        body = copy.deepcopy(base)
+        body.update(overrides)
+        return body
+
+    return make
