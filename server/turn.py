@@ -180,7 +180,9 @@ class Turn:
             yield r.content(text)
         yield r.final(self.finish_reason)
         if self.plan.request.include_usage:
-            yield r.usage(len(self.plan.token_ids), self.record.output_tokens, self._cached())
+            yield r.usage(
+                len(self.plan.token_ids), self.record.output_tokens, self.record.cached_tokens
+            )
         yield DONE
         self.finish()
 
@@ -192,15 +194,12 @@ class Turn:
             self.finish_reason,
             len(self.plan.token_ids),
             self.record.output_tokens,
-            self._cached(),
+            self.record.cached_tokens,
         )
         if parts:
             self._observe_ttft()
         self.finish()
         return body
-
-    def _cached(self) -> int:
-        return self.record.cached_tokens
 
     def _observe_ttft(self) -> None:
         # The caller hears the first content now: measured here, at the edge.
