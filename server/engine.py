@@ -54,6 +54,17 @@ class Delta:
         self.cached_tokens = cached_tokens
 
 
+def _tokens_input(token_ids: list[int]) -> Any:
+    """An already-tokenized prompt, in the shape the engine takes without further processing.
+
+    With the `type` key, vLLM (0.32) validates the ids on the event loop and hands them to the
+    engine core; without it, the prompt counts as "raw" and goes through the renderer's
+    worker thread first, a thread hop per turn. Older releases read the same dict as a
+    token prompt (`prompt_token_ids`).
+    """
+    return {"type": "token", "prompt_token_ids": token_ids}
+
+
 def engine_args(settings: EngineSettings) -> AsyncEngineArgs:
     named: dict[str, Any] = {
         "model": settings.model,
@@ -127,9 +138,7 @@ class Engine:
             raise EngineUnavailable("the engine is not running")
         params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
         try:
-            async for out in self._llm.generate(
-                {"prompt_token_ids": token_ids}, params, request_id
-            ):
+            async for out in self._llm.generate(_tokens_input(token_ids), params, request_id):
                 completion = out.outputs[0]
                 yield Delta(
                     completion.text,
