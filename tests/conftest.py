@@ -167,7 +167,7 @@ def launch_server(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            process_group=0,  # own group (killed as one), same session: see benchmarks/servers.py
         )
     handle = ServerHandle(
         url=f"http://127.0.0.1:{port}",
