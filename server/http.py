@@ -75,10 +75,11 @@ class _TurnResponse:
 
 
 class SseStream(_TurnResponse, EventSourceResponse):
-    """The reply through sse-starlette (the project's SSE library), keep-alives configurable."""
+    """The reply through sse-starlette, which can add keep-alive pings (`server.sse_ping_s`)."""
 
     def __init__(self, turn: Turn, *, turn_s: float, ping_s: float, headers: dict[str, str]):
-        super().__init__(turn.sse(), headers={**SSE_HEADERS, **headers}, ping=ping_s)
+        # sep="\n": keep-alive comments use the same bare line ends as the chunks.
+        super().__init__(turn.sse(), headers={**SSE_HEADERS, **headers}, ping=ping_s, sep="\n")
         self.turn, self.turn_s = turn, turn_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -86,7 +87,8 @@ class SseStream(_TurnResponse, EventSourceResponse):
 
 
 class PlainStream(_TurnResponse, StreamingResponse):
-    """The same bytes through Starlette's StreamingResponse, for side-by-side measurement."""
+    """The reply through Starlette's StreamingResponse: the default, measured leaner per token
+    than sse-starlette (which wraps every send in a timeout scope); see benchmarks/sse_ab.py."""
 
     def __init__(self, turn: Turn, *, turn_s: float, ping_s: float, headers: dict[str, str]):
         super().__init__(
@@ -95,6 +97,11 @@ class PlainStream(_TurnResponse, StreamingResponse):
         self.turn, self.turn_s = turn, turn_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Starlette only listens for http.disconnect below ASGI spec 2.4; above, it learns of a
+        # hang-up from the next failed send, and none happens while a turn waits for its first
+        # token. Pin the listening path so a caller who leaves is noticed at once, whatever
+        # the server reports.
+        scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": "2.3"}}
         await self._serve(super().__call__, scope, receive, send)
 
 

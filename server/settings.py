@@ -35,9 +35,10 @@ class ServerSettings(_Section):
         0.0, ge=0, description="SSE keep-alive comment interval; 0 = off (gateway parser unknown)."
     )
     sse: Literal["sse-starlette", "starlette"] = Field(
-        "sse-starlette",
-        description="Response class for streams: sse-starlette, or Starlette's StreamingResponse "
-        "(same bytes; kept for side-by-side measurement).",
+        "starlette",
+        description="Response class for streams (same bytes either way). starlette: Starlette's "
+        "StreamingResponse, measured leaner per token (benchmarks/results/sse_ab.md); "
+        "sse-starlette: needed for keep-alive pings (sse_ping_s).",
     )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body accepted (413 beyond, while reading)."
@@ -45,6 +46,13 @@ class ServerSettings(_Section):
     max_header_bytes: int = Field(
         16_384, ge=1024, description="Largest request head accepted by the HTTP parser."
     )
+
+
+    @model_validator(mode="after")
+    def _ping_needs_sse_starlette(self) -> ServerSettings:
+        if self.sse_ping_s > 0 and self.sse != "sse-starlette":
+            raise ValueError("server.sse_ping_s needs server.sse: sse-starlette")
+        return self
 
 
 class AuthSettings(_Section):

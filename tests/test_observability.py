@@ -16,6 +16,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Api, ServerHandle
+from tests.sse import parse_chat_stream
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -178,6 +179,9 @@ def fresh(start_server: Callable[..., Any]) -> Iterator[tuple[ServerHandle, list
         "CALLGATE_AUTH__PROTECT_METRICS": "true",
         "CALLGATE_SHUTDOWN__DRAIN_S": "30",
         "CALLGATE_SAMPLING__MAX_TOKENS": "2000",
+        # This server also covers the other response class, with keep-alive pings on.
+        "CALLGATE_SERVER__SSE": "sse-starlette",
+        "CALLGATE_SERVER__SSE_PING_S": "0.2",
     }
     with start_server(env=env, wait_ready=False) as handle:
         seen: list[int] = []
@@ -237,6 +241,20 @@ def test_in_flight_returns_to_zero_after_a_disconnect(
     assert value(text, "callgate_requests_total", model="qwen-plus", outcome="client_gone") >= 1
 
 
+def test_sse_starlette_with_keepalive_pings_streams_the_same_shape(
+    fresh: tuple[ServerHandle, list[int]],
+    make_api: Callable[[ServerHandle], Api],
+    chat_body: Callable[..., Any],
+) -> None:
+    api = make_api(fresh[0])
+    response = api.post(chat_body(max_tokens=300))
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-cache"
+    stream = parse_chat_stream(response.content, allow_comments=True)
+    assert stream.chunks[0]["choices"][0]["delta"] == {"content": "", "role": "assistant"}
+    assert stream.finish_reason == "length" and stream.payloads[-1] == "[DONE]"
+
+
 def test_ready_is_503_while_draining(
     fresh: tuple[ServerHandle, list[int]],
     make_api: Callable[[ServerHandle], Api],
@@ -247,7 +265,8 @@ def test_ready_is_503_while_draining(
     result: dict[str, Any] = {}
 
     def long_turn() -> None:
-        result["response"], result["stream"] = api.stream(chat_body(max_tokens=400))
+        response = api.post(chat_body(max_tokens=400))
+        result["stream"] = parse_chat_stream(response.content, allow_comments=True)
 
     worker = threading.Thread(target=long_turn)
     worker.start()

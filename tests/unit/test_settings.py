@@ -46,3 +46,11 @@ def test_default_alias_must_exist(tmp_path: Path) -> None:
     cfg.write_text("models:\n  default: nope\n  aliases:\n    qwen-plus: {}\n")
     with pytest.raises(ValidationError):
         load_settings(cfg)
+
+
+def test_keepalive_pings_need_sse_starlette(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALLGATE_SERVER__SSE_PING_S", "15")
+    with pytest.raises(ValidationError):
+        load_settings(None)
+    monkeypatch.setenv("CALLGATE_SERVER__SSE", "sse-starlette")
+    assert load_settings(None).server.sse_ping_s == 15
