@@ -7,6 +7,7 @@ cut off by the turn deadline, the client gone before the first byte) its `__call
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from typing import Any
@@ -22,6 +23,8 @@ from server.errors import CallgateError, PayloadTooLarge, error_body
 from server.turn import Turn
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# After turn_s: how long a reading caller gets to receive the fallback ending.
+TURN_GRACE_S = 2.0
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -63,14 +66,19 @@ class _TurnResponse:
     turn_s: float
 
     async def _serve(self, parent_call: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        # At turn_s the turn is interrupted: the engine request is aborted and a caller who is
+        # still reading hears the fallback ending. One who stopped reading cannot take it, so
+        # the response is cut TURN_GRACE_S later.
+        timer = asyncio.get_running_loop().call_later(self.turn_s, self.turn.interrupt, "deadline")
         try:
-            with anyio.move_on_after(self.turn_s) as cut:
+            with anyio.move_on_after(self.turn_s + TURN_GRACE_S) as cut:
                 await parent_call(scope, receive, send)
-            if cut.cancelled_caught:  # a reader that stopped reading, or an endless engine
+            if cut.cancelled_caught:  # a reader that stopped reading
                 self.turn.record.outcome = "deadline"
         except ClientDisconnect:
             pass  # the turn records client_gone; there is nobody to answer
         finally:
+            timer.cancel()
             self.turn.finish()
 
 

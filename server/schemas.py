@@ -86,7 +86,9 @@ class TextPart(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: Text | list[TextPart] | None = None
+    # A missing content is an empty turn, like `null` (defaults are not validated, so the
+    # default must already be the flattened form).
+    content: Text | list[TextPart] | None = ""
 
     @field_validator("content")
     @classmethod

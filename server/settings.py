@@ -47,7 +47,6 @@ class ServerSettings(_Section):
         16_384, ge=1024, description="Largest request head accepted by the HTTP parser."
     )
 
-
     @model_validator(mode="after")
     def _ping_needs_sse_starlette(self) -> ServerSettings:
         if self.sse_ping_s > 0 and self.sse != "sse-starlette":
