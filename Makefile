@@ -9,7 +9,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 CONFIG ?= configs/cpu.yaml
 MODEL ?=
 
-.PHONY: help venv run test test-fast lint format bench deploy-check clean
+.PHONY: help venv run test test-fast soak lint format bench deploy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test: venv ## the whole test suite, on the real engine with a tiny checkpoint
 
 test-fast: venv ## unit tests only (no engine)
 	$(PY) -m pytest tests/unit
+
+soak: venv ## the 32-call soak test for 5 minutes (make test runs a 45 s form)
+	CALLGATE_SOAK_S=$${CALLGATE_SOAK_S:-300} $(PY) -m pytest -m soak tests/test_reliability_soak.py
 
 lint: venv ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check server tests benchmarks

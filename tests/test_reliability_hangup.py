@@ -1,0 +1,481 @@
+"""Hang-ups, barge-ins, stalled readers and overload: the engine never works for a caller who left.
+
+Issue 4, points 2 and 3 (and the mid-stream half of point 6). One server for the module, sized so
+that every stage of a turn can be hit on purpose:
+
+* `max_num_seqs` 4: a fifth stream waits in vLLM's queue;
+* `max_in_flight` 16: four running plus twelve queued fill the gateway; the 17th is refused;
+* `max_model_len` 16384 and `max_tokens` 16000 with `ignore_eos`: a "long" turn lasts about
+  40 s, far longer than any test step or the turn deadline;
+* `max_num_batched_tokens` 256: a 3400-token prompt is prefilled over about fourteen engine
+  steps, so a hang-up right after the role chunk lands while queued or during prefill;
+* `turn_s` 20: a reader that stops reading is cut off while the engine is still working.
+
+After every stage, vLLM's running and waiting counts and our in-flight gauge must be back to zero
+within two seconds and a new turn must be served normally. The engine-death test kills the
+server, so it is the last test of the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import socket
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.reliability_helpers import (
+    ENGINE_EXIT_S,
+    FALLBACK,
+    IDLE_WITHIN_S,
+    RawStream,
+    address,
+    assert_error_shape,
+    async_client,
+    delta,
+    descendants,
+    drop_after,
+    engine_core,
+    load,
+    load_async,
+    log_since,
+    long_body,
+    outcomes,
+    request_head,
+    wait_for,
+    wait_idle,
+    well_formed,
+)
+
+pytestmark = pytest.mark.slow
+
+MAX_NUM_SEQS = 4
+MAX_IN_FLIGHT = 16
+TURN_S = 20.0  # far above any test step, far below the time a LONG turn takes
+LONG = 16_000  # output tokens (~40 s here): a turn that outlasts every test step
+PREFILL_REPEATS = 140  # STORY x 140 ~ 3400 prompt tokens
+ROUNDS = 2  # each stage drops ROUNDS x (its batch) streams: dozens in all
+
+
+@pytest.fixture(scope="module")
+def busy(start_server):
+    env = {
+        "CALLGATE_ENGINE__MAX_NUM_SEQS": str(MAX_NUM_SEQS),
+        # Past the tiny checkpoint's 4096 positions, so that a turn can outlast turn_s.
+        "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1",
+        "CALLGATE_ENGINE__MAX_MODEL_LEN": "16384",
+        "CALLGATE_ENGINE__MAX_NUM_BATCHED_TOKENS": "256",
+        "CALLGATE_SAMPLING__MAX_TOKENS": str(LONG),
+        "CALLGATE_LIMITS__MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+        "CALLGATE_DEADLINES__TURN_S": str(TURN_S),
+    }
+    with start_server(env=env) as handle:
+        yield handle
+
+
+@pytest.fixture
+def idle_before(busy):
+    """Each test starts from an idle server and returns the outcome counts at its start."""
+    assert wait_idle(busy, within_s=10.0).idle, load(busy)
+    return outcomes(busy)
+
+
+def _assert_serves(handle) -> None:
+    """A new turn is served normally: 200, well-formed, full length, no fallback."""
+    response = httpx.post(
+        f"{handle.url}/",
+        json=long_body(8),
+        headers={"Authorization": handle.auth},
+        timeout=60.0,
+    )
+    assert response.status_code == 200, response.text
+    stream = well_formed(response.content)
+    assert stream.finish_reason == "length"
+    assert FALLBACK not in stream.content
+
+
+def _assert_idle_and_serving(handle) -> None:
+    idle = wait_idle(handle)
+    assert idle.idle, f"engine or gateway still busy 2 s after the hang-ups: {idle}"
+    _assert_serves(handle)
+
+
+async def _wait_load(handle, predicate, timeout_s: float = 30.0) -> Any:
+    """Poll /metrics until `predicate(load)` holds; returns the last load."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        while True:
+            current = await load_async(handle, client)
+            if predicate(current) or time.monotonic() > deadline:
+                return current
+            await asyncio.sleep(0.1)
+
+
+# -- before the response headers -----------------------------------------------------------
+
+
+def _hang_up_raw(handle, body: bytes, send_body_bytes: int) -> None:
+    with socket.create_connection(address(handle)) as sock:
+        sock.sendall(request_head(handle, auth=handle.auth, length=len(body)))
+        sock.sendall(body[:send_body_bytes])
+    # closed here: before a single byte of the response was read
+
+
+def test_hang_up_before_the_response_headers(busy, idle_before):
+    body = json.dumps(long_body(LONG)).encode()
+    threads = []
+    for n in range(ROUNDS * 16):
+        # Half send the whole request, half stop in the middle of the body.
+        cut = len(body) if n % 2 else len(body) // 2
+        threads.append(threading.Thread(target=_hang_up_raw, args=(busy, body, cut)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # The server learns of each hang-up as it gets to it: allow it time, then demand idle.
+    wait_for(lambda: sum(delta(outcomes(busy), idle_before).values()) >= len(threads), 10.0)
+    changed = delta(outcomes(busy), idle_before)
+    assert set(changed) <= {"client_gone", "rejected"}, changed
+    assert sum(changed.values()) == len(threads), changed
+    _assert_idle_and_serving(busy)
+
+
+# -- while queued ----------------------------------------------------------------------------
+
+
+def test_hang_up_while_queued_in_the_engine(busy, idle_before):
+    async def round_() -> None:
+        release_blockers, release_queued = asyncio.Event(), asyncio.Event()
+        async with async_client() as client:
+            blockers = [
+                asyncio.create_task(drop_after(client, busy, long_body(LONG), 1, release_blockers))
+                for _ in range(MAX_NUM_SEQS)
+            ]
+            running = await _wait_load(busy, lambda x: x.running == MAX_NUM_SEQS)
+            assert running.running == MAX_NUM_SEQS, running
+            queued = [
+                asyncio.create_task(drop_after(client, busy, long_body(LONG), 0, release_queued))
+                for _ in range(MAX_IN_FLIGHT - MAX_NUM_SEQS)
+            ]
+            full = await _wait_load(busy, lambda x: x.waiting == len(queued))
+            assert (full.running, full.waiting) == (MAX_NUM_SEQS, len(queued)), full
+            release_queued.set()
+            assert await asyncio.gather(*queued) == [200] * len(queued)
+            # The queue empties at once; the four running turns are untouched.
+            after = await _wait_load(busy, lambda x: x.waiting == 0, timeout_s=IDLE_WITHIN_S)
+            assert (after.running, after.waiting) == (MAX_NUM_SEQS, 0), after
+            release_blockers.set()
+            assert await asyncio.gather(*blockers) == [200] * MAX_NUM_SEQS
+
+    for _ in range(ROUNDS):
+        asyncio.run(round_())
+        assert wait_idle(busy).idle
+    changed = delta(outcomes(busy), idle_before)
+    assert changed == {"client_gone": ROUNDS * MAX_IN_FLIGHT}, changed
+    _assert_idle_and_serving(busy)
+
+
+# -- during prefill --------------------------------------------------------------------------
+
+
+def test_hang_up_during_prefill(busy, idle_before):
+    mark = len(busy.log_text())
+    rng = random.Random(4)
+
+    async def drop_soon(client, delay: float) -> int:
+        body = long_body(LONG, prompt_repeats=PREFILL_REPEATS)
+        async with client.stream(
+            "POST", f"{busy.url}/", json=body, headers={"Authorization": busy.auth}
+        ) as response:
+            assert response.status_code == 200
+            await RawStream(response).until(0)  # admitted: the role chunk is out
+            await asyncio.sleep(delay)  # somewhere in the queue or the prefill
+        return 200
+
+    async def round_() -> None:
+        async with async_client() as client:
+            delays = [rng.uniform(0.0, 0.6) for _ in range(MAX_IN_FLIGHT)]
+            await asyncio.gather(*(drop_soon(client, d) for d in delays))
+
+    for _ in range(ROUNDS):
+        asyncio.run(round_())
+    changed = delta(outcomes(busy), idle_before)
+    assert changed == {"client_gone": ROUNDS * MAX_IN_FLIGHT}, changed
+    _assert_idle_and_serving(busy)
+    stages = [
+        json.loads(line).get("disconnect_stage")
+        for line in log_since(busy, mark).splitlines()
+        if '"outcome": "client_gone"' in line
+    ]
+    assert stages.count("before_first_token") >= MAX_IN_FLIGHT, stages
+
+
+# -- mid-stream ------------------------------------------------------------------------------
+
+
+def test_hang_up_mid_stream(busy, idle_before):
+    mark = len(busy.log_text())
+
+    async def round_() -> list[int]:
+        async with async_client() as client:
+            return await asyncio.gather(
+                *(drop_after(client, busy, long_body(LONG), 3) for _ in range(MAX_IN_FLIGHT))
+            )
+
+    for _ in range(ROUNDS):
+        assert asyncio.run(round_()) == [200] * MAX_IN_FLIGHT
+    changed = delta(outcomes(busy), idle_before)
+    assert changed == {"client_gone": ROUNDS * MAX_IN_FLIGHT}, changed
+    _assert_idle_and_serving(busy)
+    log = log_since(busy, mark)
+    assert log.count('"disconnect_stage": "streaming"') == ROUNDS * MAX_IN_FLIGHT
+
+
+# -- overload --------------------------------------------------------------------------------
+
+
+def test_overload_is_refused_at_once_and_admitted_turns_are_unaffected(busy, idle_before):
+    short = 24
+
+    async def scenario() -> tuple[list[httpx.Response], list[bytes]]:
+        release = asyncio.Event()
+        async with async_client() as client:
+            blockers = [
+                asyncio.create_task(drop_after(client, busy, long_body(LONG), 1, release))
+                for _ in range(MAX_NUM_SEQS)
+            ]
+            running = await _wait_load(busy, lambda x: x.running == MAX_NUM_SEQS)
+            assert running.running == MAX_NUM_SEQS, running
+            # Twelve short turns, admitted (role chunk out) and queued behind the blockers.
+            requests = [
+                client.build_request(
+                    "POST", f"{busy.url}/", json=long_body(short), headers=_auth(busy)
+                )
+                for _ in range(MAX_IN_FLIGHT - MAX_NUM_SEQS)
+            ]
+            streams = await asyncio.gather(*(client.send(r, stream=True) for r in requests))
+            assert [r.status_code for r in streams] == [200] * len(streams)
+            full = await _wait_load(busy, lambda x: x.in_flight == MAX_IN_FLIGHT)
+            assert full.in_flight == MAX_IN_FLIGHT, full
+            refused = [
+                await client.post(f"{busy.url}/", json=long_body(short), headers=_auth(busy)),
+                await client.post(
+                    f"{busy.url}/", json={**long_body(short), "stream": False}, headers=_auth(busy)
+                ),
+            ]
+            after = await _wait_load(busy, lambda _: True)
+            assert after.running + after.waiting == MAX_IN_FLIGHT, "refused turns reached vLLM"
+            release.set()  # the blockers hang up; the queued short turns run
+            await asyncio.gather(*blockers)
+            bodies = [await r.aread() for r in streams]
+            for r in streams:
+                await r.aclose()
+            return refused, bodies
+
+    refused, bodies = asyncio.run(scenario())
+    for response in refused:
+        body = assert_error_shape(response, 503)
+        assert body["error"]["code"] == "server_overloaded"
+        assert response.headers["retry-after"].isdigit()
+    for raw in bodies:
+        stream = well_formed(raw)
+        assert stream.finish_reason == "length"
+        assert FALLBACK not in stream.content
+    changed = delta(outcomes(busy), idle_before)
+    assert changed == {
+        "rejected": 2,
+        "length": MAX_IN_FLIGHT - MAX_NUM_SEQS,
+        "client_gone": MAX_NUM_SEQS,
+    }, changed
+    _assert_idle_and_serving(busy)
+
+
+def _auth(handle) -> dict[str, str]:
+    return {"Authorization": handle.auth}
+
+
+# -- a reader that stops reading -------------------------------------------------------------
+
+
+def test_reader_that_stops_reading_is_cut_off_by_the_turn_deadline(busy, idle_before):
+    body = json.dumps(long_body(LONG)).encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, never read
+        sock.connect(address(busy))
+        sock.sendall(request_head(busy, auth=busy.auth, length=len(body)) + body)
+        # The engine works for this socket until the deadline...
+        assert wait_for(lambda: load(busy).running == 1, 5.0), load(busy)
+        # ...then the turn is cut off, counted as `deadline`, and the engine request aborted.
+        cut = wait_for(
+            lambda: delta(outcomes(busy), idle_before).get("deadline") == 1, TURN_S + 10.0, 0.2
+        )
+        assert cut, delta(outcomes(busy), idle_before)
+        idle = wait_idle(busy)
+        assert idle.idle, idle
+    assert delta(outcomes(busy), idle_before) == {"deadline": 1}
+    _assert_serves(busy)
+
+
+def test_reading_caller_past_the_turn_deadline_hears_a_well_formed_ending(busy, idle_before):
+    """A turn that outlives `turn_s` while the caller reads must still end audibly.
+
+    Issue 4: "The call must never go silent or get a broken stream." The caller is reading, so
+    the server can still write the fallback sentence, a final chunk and `[DONE]`.
+    """
+    received = bytearray()
+    with (
+        httpx.Client(timeout=TURN_S + 30.0) as client,
+        client.stream("POST", f"{busy.url}/", json=long_body(LONG), headers=_auth(busy)) as r,
+    ):
+        assert r.status_code == 200
+        try:
+            for piece in r.iter_bytes():
+                received += piece
+        except httpx.RemoteProtocolError as e:
+            # pytrace=False: the message says it all, and httpx's deep traceback adds nothing.
+            pytest.fail(
+                f"stream cut at the turn deadline ({e}); it ended: {bytes(received[-300:])!r}",
+                pytrace=False,
+            )
+    stream = well_formed(bytes(received))
+    assert stream.content.endswith(FALLBACK)
+    assert delta(outcomes(busy), idle_before) == {"deadline": 1}
+    assert wait_idle(busy).idle
+
+
+# -- barge-in --------------------------------------------------------------------------------
+
+
+def test_two_turns_of_the_same_session_at_once_both_complete(busy, idle_before):
+    """A barge-in: the gateway sends the next turn of a call while the last one still runs."""
+    session = "147417592084^1341barge"
+    mark = len(busy.log_text())
+
+    def body(text: str) -> dict[str, Any]:
+        messages = [
+            {"role": "assistant", "content": "Hello, this is a test opening message."},
+            {"role": "user", "content": text},
+        ]
+        return {**long_body(800), "session_id": session, "messages": messages}
+
+    async def both() -> list[bytes]:
+        async with async_client() as client:
+            requests = [
+                client.build_request("POST", f"{busy.url}/", json=body(text), headers=_auth(busy))
+                for text in ("What is this about?", "Wait, sorry, one more thing.")
+            ]
+            responses = await asyncio.gather(*(client.send(r, stream=True) for r in requests))
+            bodies = [await r.aread() for r in responses]
+            for r in responses:
+                await r.aclose()
+            return bodies
+
+    first, second = asyncio.run(both())
+    a, b = well_formed(first), well_formed(second)
+    assert a.finish_reason == b.finish_reason == "length"
+    assert a.chunks[0]["id"] != b.chunks[0]["id"]
+    assert delta(outcomes(busy), idle_before) == {"length": 2}
+    # The two turns really overlapped: each started before the other ended (server clock).
+    spans = [
+        (end - fields["total_ms"] / 1000, end)
+        for fields, end in _turn_lines(log_since(busy, mark))
+        if fields.get("session_id") == session
+    ]
+    assert len(spans) == 2, spans
+    (start_a, end_a), (start_b, end_b) = spans
+    assert start_a < end_b and start_b < end_a, spans
+
+
+def _turn_lines(log: str) -> list[tuple[dict[str, Any], float]]:
+    """Turn log lines with their end time in seconds since the epoch."""
+    found = []
+    for line in log.splitlines():
+        if line.startswith("{") and '"event": "turn"' in line:
+            fields = json.loads(line)
+            end = datetime.fromisoformat(fields["time"].replace("Z", "+00:00")).timestamp()
+            found.append((fields, end))
+    return found
+
+
+# -- engine death with streams open (last: the server exits) ---------------------------------
+
+
+def test_zz_engine_death_mid_stream_ends_turns_audibly_and_exits_nonzero(busy, idle_before):
+    family = descendants(busy)
+    core = engine_core(busy)
+    seen_health: list[int] = []
+    seen_turns: list[tuple[int, str | None]] = []
+
+    async def watch(client: httpx.AsyncClient) -> None:
+        """Poll /health and try new turns until the process is gone; record what was seen."""
+        deadline = time.monotonic() + 60.0
+        while busy.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                seen_health.append((await client.get(f"{busy.url}/health")).status_code)
+                response = await client.post(f"{busy.url}/", json=long_body(4), headers=_auth(busy))
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+                continue
+            if response.status_code == 200:
+                problem = _stream_problem(response.content)
+            else:
+                problem = _error_problem(response)
+            seen_turns.append((response.status_code, problem))
+
+    async def scenario() -> list[bytes]:
+        async with async_client() as client, httpx.AsyncClient(timeout=10.0) as probe:
+            opened = []
+            for _ in range(MAX_NUM_SEQS):
+                request = client.build_request(
+                    "POST", f"{busy.url}/", json=long_body(LONG), headers=_auth(busy)
+                )
+                opened.append(RawStream(await client.send(request, stream=True)))
+            for stream in opened:
+                await stream.until(3)
+            core.send_signal(signal.SIGKILL)
+            watcher = asyncio.create_task(watch(probe))
+            bodies = [await stream.rest() for stream in opened]
+            for stream in opened:
+                await stream.response.aclose()
+            await watcher
+            return bodies
+
+    bodies = asyncio.run(scenario())
+    code = busy.proc.wait(timeout=30.0)
+    for raw in bodies:
+        stream = well_formed(raw)
+        assert stream.content.endswith(FALLBACK), stream.content[-80:]
+    assert code != 0
+    assert 503 in seen_health, seen_health
+    assert (503, None) in seen_turns, seen_turns
+    assert all(problem is None for _, problem in seen_turns), seen_turns
+    _, alive = psutil.wait_procs(family, timeout=ENGINE_EXIT_S)
+    for proc in alive:  # never leave engine processes behind, whatever the assertion says
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    assert not alive, f"engine processes outlived the server: {alive}"
+
+
+def _stream_problem(body: bytes) -> str | None:
+    try:
+        well_formed(body)
+    except AssertionError as e:
+        return f"broken stream: {e}"
+    return None
+
+
+def _error_problem(response: httpx.Response) -> str | None:
+    try:
+        assert_error_shape(response, 503)
+    except (AssertionError, KeyError, ValueError) as e:
+        return f"{response.status_code}: {e!r}"
+    return None
