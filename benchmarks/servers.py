@@ -140,12 +140,14 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "<no log>"
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (both servers drain or shut down on it), then SIGKILL the whole process group."""
+def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM (both servers drain or shut down on it), wait, then SIGKILL the whole process
+    group, so the engine core a server spawned goes too even if the server had to be killed.
+    Also used by the test suite's server fixtures."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
+            proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -195,4 +197,4 @@ def run_server(
                 time.sleep(0.5)
         yield Running(name, base, base + chat_path, cmd, log_path, time.monotonic() - t0, proc.pid)
     finally:
-        _stop(proc)
+        stop_server(proc)

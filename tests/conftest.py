@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.servers import stop_server
 from tests.sse import ChatStream, parse_chat_stream
 from tests.tiny_checkpoint import build
 
@@ -86,24 +86,6 @@ def _server_env(extra: dict[str, str]) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, wait, then SIGKILL; finally reap anything left in the server's process group.
-
-    The server runs in its own session so the engine core it spawns can be cleaned up even when
-    the server itself had to be killed.
-    """
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _wait_ready(handle: ServerHandle, timeout_s: float) -> None:
@@ -182,7 +164,7 @@ def launch_server(
             _wait_ready(handle, ready_timeout_s)
         yield handle
     finally:
-        _stop(proc)
+        stop_server(proc, STOP_TIMEOUT_S)
 
 
 @pytest.fixture(scope="session")
