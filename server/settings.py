@@ -182,12 +182,6 @@ class Settings(BaseSettings):
         # Environment beats the YAML file (passed as init values).
         return (env_settings, init_settings)
 
-    @property
-    def max_in_flight(self) -> int:
-        if self.limits.max_in_flight is not None:
-            return self.limits.max_in_flight
-        return 2 * (self.engine.max_num_seqs or 256)
-
 
 def load_settings(path: str | Path | None) -> Settings:
     """Read a YAML file (optional) and apply environment overrides.
