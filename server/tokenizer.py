@@ -30,7 +30,6 @@ class ChatTokenizer:
         self._special.encode_special_tokens = False
         self._plain = Tokenizer.from_str(backend.to_str())
         self._plain.encode_special_tokens = True
-        self.vocab_size = len(hf_tokenizer)
         self._template_ids = _cached(self._special, TEMPLATE_CACHE)
         self._text_ids = _cached(self._plain, TEXT_CACHE)
 
