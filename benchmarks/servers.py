@@ -15,6 +15,7 @@ session is the closer stand-in.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -40,6 +41,8 @@ class EngineShape:
     max_num_batched_tokens: int = 2048
     enforce_eager: bool = True
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE; ignored by the CUDA build
+    load_format: str | None = None  # "dummy": random weights of the checkpoint's real shapes
+    gpu_memory_utilization: float | None = None  # None: each server's default
 
 
 @dataclass
@@ -103,9 +106,45 @@ def vllm_command(model: str, served_name: str, port: int, shape: EngineShape) ->
         str(shape.max_num_batched_tokens),
         "--enable-prompt-tokens-details",  # cached-token counts, as callgate reports them
     ]
-    if shape.enforce_eager:
-        cmd.append("--enforce-eager")
-    return cmd
+    return cmd + _vllm_shape_flags(shape)
+
+
+def vllm_serve_command(
+    model: str, served_name: str, port: int, shape: EngineShape, api_servers: int
+) -> list[str]:
+    """vLLM's server through its CLI (`vllm serve`), the only way to get `--api-server-count`:
+    `api_servers` HTTP processes on one engine core (benchmarks/vllm_serve.py)."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.vllm_serve",
+        model,
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--api-server-count",
+        str(api_servers),
+        "--max-model-len",
+        str(shape.max_model_len),
+        "--max-num-seqs",
+        str(shape.max_num_seqs),
+        "--max-num-batched-tokens",
+        str(shape.max_num_batched_tokens),
+        "--enable-prompt-tokens-details",
+        *_vllm_shape_flags(shape),
+    ]
+
+
+def _vllm_shape_flags(shape: EngineShape) -> list[str]:
+    flags = ["--enforce-eager"] if shape.enforce_eager else []
+    if shape.load_format:
+        flags += ["--load-format", shape.load_format]
+    if shape.gpu_memory_utilization is not None:
+        flags += ["--gpu-memory-utilization", str(shape.gpu_memory_utilization)]
+    return flags
 
 
 def ours_command(model: str, config: Path, port: int) -> list[str]:
@@ -125,13 +164,18 @@ def ours_command(model: str, config: Path, port: int) -> list[str]:
 
 
 def ours_env(auth: str, shape: EngineShape) -> dict[str, str]:
-    return {
+    env = {
         "CALLGATE_AUTH_CODES": auth,
         "CALLGATE_ENGINE__MAX_MODEL_LEN": str(shape.max_model_len),
         "CALLGATE_ENGINE__MAX_NUM_SEQS": str(shape.max_num_seqs),
         "CALLGATE_ENGINE__MAX_NUM_BATCHED_TOKENS": str(shape.max_num_batched_tokens),
         "CALLGATE_ENGINE__ENFORCE_EAGER": "true" if shape.enforce_eager else "false",
     }
+    if shape.load_format:
+        env["CALLGATE_ENGINE__EXTRA"] = json.dumps({"load_format": shape.load_format})
+    if shape.gpu_memory_utilization is not None:
+        env["CALLGATE_ENGINE__GPU_MEMORY_UTILIZATION"] = str(shape.gpu_memory_utilization)
+    return env
 
 
 def _tail(path: Path, lines: int = 40) -> str:

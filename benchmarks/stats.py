@@ -82,6 +82,7 @@ def summarize(
         "turns_per_s": round(len(complete) / duration_s, 3),
         "output_tokens": tokens,
         "output_tokens_per_s": round(tokens / duration_s, 2),
+        "chunks_per_s": round(sum(r.content_chunks for r in ok) / duration_s, 2),
         "prompt_tokens_mean": (sum(prompt_tokens) / len(prompt_tokens)) if prompt_tokens else None,
         "cached_prompt_tokens_total": sum(cached) if cached else None,
         "ttft_ms": distribution_ms(r.ttft for r in ok if r.ttft is not None),

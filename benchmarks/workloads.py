@@ -122,12 +122,15 @@ class Level:
 
     Units are numbered from `first_unit`; a unit's number seeds its prompts, so a level split
     into slices (benchmarks.sidebyside) sends the same requests as the whole level would.
+    With `duration_s` (closed loop only), no unit starts after that many seconds: `units` is
+    then a ceiling, and the level lasts about `duration_s` whatever the server's speed.
     """
 
     units: int
     concurrency: int | None = None
     rate: float | None = None
     first_unit: int = 0
+    duration_s: float | None = None
 
     @property
     def label(self) -> str:
@@ -215,8 +218,12 @@ class Runner:
             for unit in range(level.first_unit, level.first_unit + level.units):
                 queue.put_nowait(unit)
 
+            stop_at = None if level.duration_s is None else self._t0 + level.duration_s
+
             async def worker() -> None:
                 while not queue.empty():
+                    if stop_at is not None and time.perf_counter() >= stop_at:
+                        return
                     await unit_fn(queue.get_nowait())
 
             workers = max(1, min(level.concurrency or 1, level.units))

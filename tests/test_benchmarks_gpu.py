@@ -1,0 +1,50 @@
+"""The GPU host's one command (`python -m benchmarks.gpu`), dry run on this CPU with the tiny
+checkpoint: every side starts, serves every level without errors, and the JSON and markdown
+report what ran, so the script a GPU session sends cannot rot between GPU runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.gpu.__main__ import callgate_has_workers
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_gpu_script_dry_run_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "benchmarks.gpu", "--cpu",
+        "--model", str(tiny_model_dir), "--out", str(out),
+        "--levels", "1,4", "--level-s", "2", "--prompt-tokens", "48", "--output-tokens", "12",
+        "--max-num-seqs", "8", "--max-num-batched-tokens", "2048", "--budget-s", "900",
+    ]  # fmt: skip
+    done = subprocess.run(
+        cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((out / "gpu.json").read_text())
+    names = [s["name"] for s in result["sides"]]
+    expected = ["vllm", "callgate-2", "callgate-1", "vllm-2"]
+    if not callgate_has_workers():
+        expected.remove("callgate-2")
+    assert names == expected
+    for side in result["sides"]:
+        assert "error" not in side, side
+        assert side["startup_s"] > 0
+        assert [lv["concurrency"] for lv in side["levels"]] == [1, 4]
+        for lv in side["levels"]:
+            assert lv["turns_ok"] >= 1 and lv["errors"] == {}
+            assert lv["output_tokens"] == lv["turns_ok"] * 12  # ignore_eos: exact lengths
+            assert lv["ttft_ms"]["p50"] > 0 and lv["chunks_per_s"] > 0
+    assert result["machine"]["vllm"] and result["shape"]["load_format"] == "dummy"
+    md = (out / "gpu.md").read_text()
+    for side in result["sides"]:
+        assert f"### {side['label']}" in md
+    assert "| concurrency | TTFT p50 (ms) |" in md
