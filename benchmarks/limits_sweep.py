@@ -33,13 +33,12 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
 async def _levels(
-    url: str, auth: str, workload: Workload, levels: list[int], level_s: float
+    url: str, auth: str, workload: Workload, prompts: PromptMaker, levels: list[int], level_s: float
 ) -> list[dict[str, Any]]:
     conns = max(levels) * 2 + 4
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     out = []
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600.0, pool=None)) as client:
-        prompts = PromptMaker()
         warm = Runner(client, url, auth, Workload(prompt_tokens=16, output_tokens=4), prompts)
         await warm.run(Level(units=4, concurrency=2))
         for i, c in enumerate(levels):
@@ -121,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
             model = str(build(Path(tmp) / "tiny"))
         result["model"] = args.model or "the tiny test checkpoint"
+        prompts = PromptMaker(model)  # exact prompt lengths in the checkpoint's tokens
         for seqs in [int(x) for x in args.max_num_seqs.split(",")]:
             port = free_port()
             env = {
@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd = ours_command(model, args.config, port)
             print(f"== max_num_seqs {seqs}", flush=True)
             with run_server(f"seqs{seqs}", cmd, env, port, "/ready", "/", Path(tmp)) as srv:
-                runs = asyncio.run(_levels(srv.chat_url, auth, workload, levels, args.level_s))
+                runs = asyncio.run(
+                    _levels(srv.chat_url, auth, workload, prompts, levels, args.level_s)
+                )
             result["runs"].append({"max_num_seqs": seqs, "levels": runs})
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "limits_sweep.json").write_text(json.dumps(result, indent=2) + "\n")

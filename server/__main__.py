@@ -1,39 +1,22 @@
-"""`python -m server --config FILE [--model M] [--host H] [--port P] [--log-format F]`."""
+"""`python -m server --config FILE [--model M] [--host H] [--port P] [--workers N] ...`.
+
+Serves one checkpoint on one port; with `--workers N` (or `server.workers`), N front-end
+processes share one engine core (`server.workers`)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import secrets
-import signal
 import sys
-from types import FrameType
-
-import uvicorn
 
 from server.app import create_app
-from server.http import LimitedHttpToolsProtocol
-from server.lifecycle import Runtime
 from server.logs import setup_logging
+from server.process import serve
 from server.settings import Settings, load_settings
 
 log = logging.getLogger("callgate")
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn that drains on the first SIGTERM/SIGINT and exits 0, and stops on a second."""
-
-    runtime: Runtime
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.runtime.state in ("draining", "dead", "stopped") or self.should_exit:
-            self.should_exit = True
-            self.force_exit = self.force_exit or sig == signal.SIGINT
-            return
-        log.info("received %s", signal.Signals(sig).name)
-        asyncio.get_event_loop().call_soon_threadsafe(self.runtime.begin_drain)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", help="checkpoint dir or hub id (overrides engine.model)")
     p.add_argument("--host", help="listen address (overrides server.host)")
     p.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    p.add_argument("--workers", type=int, help="front-end processes (overrides server.workers)")
     p.add_argument("--log-format", choices=["json", "text"], help="overrides server.log_format")
     return p.parse_args(argv)
 
@@ -54,6 +38,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         settings.server.host = args.host
     if args.port:
         settings.server.port = args.port
+    if args.workers:
+        settings.server.workers = args.workers
     if args.log_format:
         settings.server.log_format = args.log_format
     return settings
@@ -75,34 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.server.log_format, settings.server.log_level)
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    from sse_starlette.sse import AppStatus
+    codes = auth_codes(settings)
+    if settings.server.workers > 1:
+        from server.workers import supervise
 
-    # We drain ourselves; sse-starlette would otherwise end every stream on the first SIGTERM.
-    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
-    app = create_app(settings, auth_codes(settings))
-    LimitedHttpToolsProtocol.max_head_bytes = settings.server.max_header_bytes
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        http=LimitedHttpToolsProtocol,
-        loop="uvloop",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-        timeout_keep_alive=75,
-    )
-    server = DrainingServer(config)
-    runtime: Runtime = app.state.runtime
-    server.runtime = runtime
-
-    def stop() -> None:
-        server.should_exit = True
-
-    runtime.request_exit = stop
-    server.run()
-    log.info("exiting with code %d", runtime.exit_code)
-    return runtime.exit_code
+        return supervise(settings, codes)
+    return serve(create_app(settings, codes), settings)
 
 
 if __name__ == "__main__":

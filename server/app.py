@@ -17,11 +17,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from server import __version__
+from server.admission import Admission
 from server.auth import Authenticator
 from server.errors import (
     CallgateError,
@@ -33,7 +35,7 @@ from server.errors import (
 )
 from server.http import Completion, PlainStream, SseStream, error_response, read_body, request_id
 from server.lifecycle import EngineFactory, Runtime, start_engine
-from server.metrics import Metrics, exposition
+from server.metrics import Metrics
 from server.schemas import ChatRequest, parse_request
 from server.settings import Settings
 
@@ -47,10 +49,13 @@ def create_app(
     codes: list[str],
     registry: CollectorRegistry | None = None,
     engine_factory: EngineFactory = start_engine,
+    admission: Admission | None = None,
 ) -> FastAPI:
+    """The app of one front-end process. With several workers, each has its own app, and
+    `engine_factory` connects to the shared engine core and `admission` is the shared count."""
     metrics = Metrics(registry or CollectorRegistry(auto_describe=True))
     metrics.declare(list(settings.models.aliases))
-    runtime = Runtime(settings, metrics, engine_factory)
+    runtime = Runtime(settings, metrics, engine_factory, admission)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,7 +63,7 @@ def create_app(
         yield
         runtime.close()
 
-    app = FastAPI(title="callgate", version="0.1.0", lifespan=lifespan, docs_url=None)
+    app = FastAPI(title="callgate", version=__version__, lifespan=lifespan, docs_url=None)
     app.state.runtime = runtime
     app.state.auth = Authenticator(codes)
     app.state.metrics = metrics
@@ -98,7 +103,11 @@ def _routes(app: FastAPI, settings: Settings) -> None:
             if gateway is None:
                 raise EngineUnavailable("the engine is still loading", headers={"Retry-After": "5"})
             gateway.admit()
-            plan = gateway.plan(req, rid, arrival)
+            try:
+                plan = gateway.plan(req, rid, arrival)
+            except BaseException:
+                gateway.unadmit()
+                raise
         except ClientDisconnect:
             runtime.metrics.requests.labels(settings.models.default, "client_gone").inc()
             log.info("request %s: client left while sending the body", rid)
@@ -145,9 +154,7 @@ def _routes(app: FastAPI, settings: Settings) -> None:
         ):
             err = Unauthorized("missing or wrong Authorization code")
             return error_response(err, request_id(None))
-        body, content_type = exposition(
-            request.headers.get("accept", ""), runtime.metrics.registry, REGISTRY
-        )
+        body, content_type = runtime.metrics.render(request.headers.get("accept", ""))
         return Response(body, media_type=content_type)
 
 

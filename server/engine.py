@@ -5,15 +5,24 @@ Kept to calls that exist from vLLM 0.26 through 0.33 (`AsyncLLM.from_engine_args
 within that range without touching the rest of the server. The engine is built with the same
 usage context as vLLM's own OpenAI server, whose defaults (e.g. `max_num_seqs`) differ from the
 plain engine's.
+
+Several front-end processes on one engine core (`server.workers` > 1) use the mechanism of
+`vllm serve --api-server-count`: `SharedCore.launch` in the supervisor builds the engine config,
+launches the engine core and starts the workers through vLLM's `APIServerProcessManager`; each
+worker connects with `Engine.connect`. Those are private vLLM calls whose signatures changed
+between 0.26 and 0.32; every difference is handled here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+import threading
+from collections.abc import AsyncGenerator, Callable
+from multiprocessing.process import BaseProcess
 from typing import Any
 
+import vllm
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.usage.usage_lib import UsageContext
@@ -23,6 +32,8 @@ from server.errors import EngineUnavailable, InvalidRequest, Overloaded
 from server.settings import EngineSettings
 
 log = logging.getLogger(__name__)
+
+VLLM_VERSION: str = str(vllm.__version__)
 
 try:  # present in the releases that have an engine-side admission queue
     from vllm.exceptions import GracefulHTTPError as _Overflow
@@ -113,9 +124,50 @@ class Engine:
         await llm.get_supported_tasks()
         return cls(llm)
 
+    @classmethod
+    async def connect(cls, settings: EngineSettings, client: dict[str, Any]) -> Engine:
+        """A worker's client of the engine core that `SharedCore.launch` started.
+
+        `client` is what vLLM's process manager hands each API process: the core's addresses
+        (0.32: already bound listeners; 0.26: a pipe to report the address this client binds),
+        `client_count` and `client_index`.
+        """
+        addresses = dict(client)
+        count = int(addresses.pop("client_count"))
+        index = int(addresses.pop("client_index"))
+        addresses.pop("api_server_loads", None)  # 0.32: vLLM's own accept balancing, unused
+        args = engine_args(settings)
+        args._api_process_count = count
+        args._api_process_rank = index
+        config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        log.info("worker %d of %d connecting to the engine core", index, count)
+        llm = await asyncio.to_thread(
+            AsyncLLM.from_vllm_config,
+            vllm_config=config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            disable_log_stats=args.disable_log_stats,
+            client_addresses=addresses,
+            client_count=count,
+            client_index=index,
+        )
+        await _first_round_trip(llm, index)
+        return cls(llm)
+
     @property
     def alive(self) -> bool:
         return not self._llm.errored
+
+    def core_lost(self) -> None:
+        """The engine core died where this process cannot see it (a worker's core is the
+        supervisor's child). Do what vLLM's own monitor does for a core its client owns: mark
+        the client dead and shut it down, so every open request fails with `EngineDeadError`
+        (its turn ends with the fallback) and `alive` turns False."""
+        client = self._llm.engine_core
+        if client.resources.engine_dead:
+            return
+        client.resources.engine_dead = True
+        # vLLM runs this from its monitor thread; it may block on socket teardown.
+        threading.Thread(target=client.shutdown, name="engine-core-lost", daemon=True).start()
 
     def num_unfinished(self) -> int:
         return int(self._llm.get_num_unfinished_requests())
@@ -160,3 +212,128 @@ class Engine:
 
     def stop(self) -> None:
         self._llm.shutdown()
+
+
+async def _first_round_trip(llm: AsyncLLM, index: int, tries: int = 6) -> None:
+    """One engine round trip, asked again if its answer does not come.
+
+    Seen here on a loaded machine (about one start in five, vLLM 0.32, two workers): a worker's
+    first utility call to the shared core never got its answer, although both processes were
+    idle and healthy, and the worker stayed "loading" for good. The call is harmless to repeat
+    and vLLM drops the answer of an abandoned one, so a few tries bound the start-up instead.
+    """
+    for attempt in range(1, tries + 1):
+        try:
+            await asyncio.wait_for(llm.get_supported_tasks(), timeout=5.0 * attempt)
+            return
+        except TimeoutError:
+            log.warning("worker %d: no answer from the engine core (try %d)", index, attempt)
+    raise EngineUnavailable("the engine core does not answer this worker")
+
+
+WorkerTarget = Callable[[str, Any, Any, dict[str, Any]], None]
+
+
+class SharedCore:
+    """One engine core and the N front-end worker processes that share it.
+
+    `launch` blocks until the engine core has loaded the model and every worker has connected
+    (vLLM's start-up handshake). `workers` are the worker processes, started through vLLM's
+    `APIServerProcessManager` with our own target: `target(listen_address, sockets, payload,
+    client)` runs in each, with `client` for `Engine.connect`.
+    """
+
+    def __init__(self, engine_manager: Any, coordinator: Any, api_manager: Any) -> None:
+        self._engines = engine_manager
+        self._coordinator = coordinator
+        self._api = api_manager
+
+    @property
+    def workers(self) -> list[BaseProcess]:
+        return list(self._api.processes)
+
+    @property
+    def engine_processes(self) -> list[BaseProcess]:
+        return list(self._engines.processes) if self._engines is not None else []
+
+    @classmethod
+    def launch(
+        cls,
+        settings: EngineSettings,
+        workers: int,
+        target: WorkerTarget,
+        listen_address: str,
+        sockets: Any,
+        payload: Any,
+        on_started: Callable[[list[BaseProcess]], None],
+    ) -> SharedCore:
+        from vllm.v1.engine import utils
+        from vllm.v1.executor import Executor
+        from vllm.v1.utils import APIServerProcessManager
+
+        args = engine_args(settings)
+        args._api_process_count = workers
+        args._api_process_rank = -1
+        config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        executor = Executor.get_class(config)
+        log_stats = not args.disable_log_stats
+        # Typed loosely on purpose: these signatures differ between the releases we support.
+        engine_utils: Any = utils
+        launch_core_engines: Any = utils.launch_core_engines
+
+        def start(stats: str | None, tensor_queue: Any, **where: Any) -> Any:
+            manager = APIServerProcessManager(
+                listen_address=listen_address,
+                sock=sockets,
+                args=payload,
+                num_servers=workers,
+                target_server_fn=target,
+                stats_update_address=stats,
+                tensor_queue=tensor_queue,
+                **where,
+            )
+            on_started(list(manager.processes))
+            return manager
+
+        if hasattr(engine_utils, "bind_engine_zmq_listeners"):  # 0.32: listeners bound here
+            listeners = engine_utils.bind_engine_zmq_listeners(config, workers)
+            with launch_core_engines(config, executor, log_stats, listeners.addresses) as up:
+                stats = up.coordinator.get_stats_publish_address() if up.coordinator else None
+                api = start(
+                    stats,
+                    up.tensor_queue,
+                    input_listeners=listeners.inputs,
+                    output_listeners=listeners.outputs,
+                )
+                up.watched_frontend_processes = api.processes
+            return cls(up.engine_manager, up.coordinator, api)
+        # 0.26: each client binds its own address and reports it before the handshake.
+        addresses = engine_utils.get_engine_zmq_addresses(
+            config, workers, defer_api_server_ports=True
+        )
+        with launch_core_engines(config, executor, log_stats, addresses, workers) as (
+            engines,
+            coordinator,
+            addresses,
+            tensor_queue,
+        ):
+            stats = coordinator.get_stats_publish_address() if coordinator else None
+            api = start(
+                stats,
+                tensor_queue,
+                input_addresses=addresses.inputs,
+                output_addresses=addresses.outputs,
+            )
+            addresses.inputs, addresses.outputs = api.gather_actual_addresses()
+        return cls(engines, coordinator, api)
+
+    def engine_alive(self) -> bool:
+        return all(p.exitcode is None for p in self.engine_processes)
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop the workers that are left, then the engine core (and the DP coordinator)."""
+        self._api.shutdown(timeout=timeout)
+        if self._engines is not None:
+            self._engines.shutdown(timeout=timeout)
+        if self._coordinator is not None:
+            self._coordinator.shutdown(timeout=timeout)

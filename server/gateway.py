@@ -12,6 +12,7 @@ import secrets
 import time
 from typing import Any
 
+from server.admission import Admission
 from server.chunks import ChunkRenderer
 from server.engine import Engine
 from server.errors import CallgateError, Draining, EngineUnavailable, Overloaded
@@ -30,7 +31,12 @@ THINK_TOKENS = ("<think>", "</think>")
 
 class Gateway:
     def __init__(
-        self, settings: Settings, engine: Engine, tokenizer: ChatTokenizer, metrics: Metrics
+        self,
+        settings: Settings,
+        engine: Engine,
+        tokenizer: ChatTokenizer,
+        metrics: Metrics,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -45,7 +51,10 @@ class Gateway:
             () if settings.sampling.enable_thinking else tokenizer.token_ids(*THINK_TOKENS)
         )
         self.max_in_flight = settings.limits.max_in_flight or 2 * engine.max_num_seqs
-        self.open_turns: set[Turn] = set()
+        # The admission count is the whole server's (shared by every worker process).
+        self.admission = admission or Admission()
+        self.admission.limit = self.max_in_flight
+        self.open_turns: set[Turn] = set()  # this process's turns
         self.draining = False
         # Last time the engine showed progress (a token, or work arriving at an idle engine).
         self.progress = Progress()
@@ -56,16 +65,26 @@ class Gateway:
         return model if model in self._aliases else self._default
 
     def admit(self) -> None:
-        """Refuse at once, before any engine work, when the turn cannot be served well."""
+        """Refuse at once, before any engine work, when the turn cannot be served well.
+
+        On success a slot is held: `start` turns it into a turn, `unadmit` gives it back."""
         if self.draining:
             raise Draining("the server is shutting down", headers=self._retry_after())
         if not self.engine.alive:
             raise EngineUnavailable("the engine is not running", headers=self._retry_after())
-        if len(self.open_turns) >= self.max_in_flight:
+        if not self.admission.try_enter():
             raise Overloaded(
                 f"more than {self.max_in_flight} turns in flight", headers=self._retry_after()
             )
-        self.engine.check_admission()
+        try:
+            self.engine.check_admission()
+        except BaseException:
+            self.admission.leave()
+            raise
+
+    def unadmit(self) -> None:
+        """Give back the slot of an admitted request that did not become a turn."""
+        self.admission.leave()
 
     def plan(self, request: ChatRequest, request_id: str, arrival: float) -> TurnPlan:
         alias = self.alias_for(request.model)
@@ -108,6 +127,7 @@ class Gateway:
     def _finished(self, turn: Turn) -> None:
         plan, rec, m = turn.plan, turn.record, self.metrics
         self.open_turns.discard(turn)
+        self.admission.leave()
         alias = plan.alias
         e2e = time.perf_counter() - plan.arrival
         m.in_flight.labels(alias).dec()

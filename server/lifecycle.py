@@ -14,7 +14,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from server.engine import Engine
+from server import __version__
+from server.admission import Admission
+from server.engine import VLLM_VERSION, Engine
 from server.gateway import Gateway
 from server.metrics import Metrics
 from server.settings import Settings
@@ -38,8 +40,10 @@ class Runtime:
         settings: Settings,
         metrics: Metrics,
         engine_factory: EngineFactory = start_engine,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
+        self._admission = admission
         self.metrics = metrics
         self.gateway: Gateway | None = None
         self.state = "loading"  # loading -> ready -> draining | dead
@@ -63,7 +67,7 @@ class Runtime:
                 enable_thinking=s.sampling.enable_thinking,
             )
             engine = await self._engine_factory(s)
-            self.gateway = Gateway(s, engine, tokenizer, self.metrics)
+            self.gateway = Gateway(s, engine, tokenizer, self.metrics, self._admission)
         except Exception:
             log.exception("engine failed to start")
             self._exit(EXIT_LOAD_FAILED)
@@ -71,6 +75,7 @@ class Runtime:
         if self.state == "loading":
             self.state = "ready"
         self.metrics.engine_up.set(1)
+        self.metrics.info.labels(__version__, VLLM_VERSION, str(s.server.workers)).set(1)
         log.info(
             "engine ready: %s, max_model_len %d, max_num_seqs %d, admission limit %d",
             s.engine.model,
@@ -90,6 +95,12 @@ class Runtime:
         self.metrics.engine_up.set(0)
         await self._wait_turns(2.0)  # let open turns flush their fallback endings
         self._exit(EXIT_ENGINE_DEAD)
+
+    def engine_lost(self) -> None:
+        """The supervisor saw the shared engine core die: fail this worker's client of it."""
+        if self.gateway is not None:
+            log.error("the supervisor reports that the engine core died")
+            self.gateway.engine.core_lost()
 
     # -- health ------------------------------------------------------------------------------
 

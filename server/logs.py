@@ -21,6 +21,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which front-end worker, with server.workers > 1
             "message": record.getMessage(),
         }
         turn = getattr(record, "turn", None)

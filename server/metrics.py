@@ -4,15 +4,30 @@ Labels stay bounded: `model` is a configured alias (unknown request names map to
 `outcome` is one of `OUTCOMES`. A turn's `session_id` rides along as an OpenMetrics exemplar on
 the TTFT observation, so a slow bucket leads to the call's log line without becoming a label.
 vLLM's own `vllm:` metrics live in the default registry; `/metrics` serves both.
+
+With several front-end processes (`server.workers` > 1) every process writes its values to
+files in `PROMETHEUS_MULTIPROC_DIR` (prometheus-client's multiprocess mode, as `vllm serve
+--api-server-count` does), and `/metrics`, whichever worker answers, renders the exact sums over
+all of them, vLLM's metrics included. Gauges say how they combine (`multiprocess_mode`).
+prometheus-client keeps no exemplars in that mode; the answering worker adds its own latest
+TTFT exemplar per bucket (`ExemplarStore`), so a slow bucket still leads to a real call, one
+worker's at a time.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Iterable
 from functools import partial
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, openmetrics
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, openmetrics
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics import exposition as om_exposition
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
 
 OUTCOMES = (
     "stop",
@@ -39,6 +54,46 @@ E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 3
 
 # OpenMetrics caps an exemplar's label set at 128 characters.
 EXEMPLAR_MAX = 100
+TTFT_NAME = "callgate_time_to_first_token_seconds"
+
+
+def multiprocess() -> bool:
+    """Whether this process shares its metrics through files (several front-end workers)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class ExemplarStore:
+    """The latest TTFT exemplar per (model, bucket) of this process, for multiprocess mode."""
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[str, str], Exemplar] = {}
+
+    def add(self, model: str, seconds: float, labels: dict[str, str]) -> None:
+        le = next((b for b in TTFT_BUCKETS if seconds <= b), float("inf"))
+        key = (model, floatToGoString(le))  # type: ignore[no-untyped-call]
+        self._latest[key] = Exemplar(labels, seconds, time.time())
+
+    def attach(self, families: Iterable[Metric]) -> Iterable[Metric]:
+        for family in families:
+            if family.name == TTFT_NAME and self._latest:
+                family.samples = [
+                    s._replace(exemplar=self._latest.get((s.labels["model"], s.labels["le"])))
+                    if s.name.endswith("_bucket")
+                    else s
+                    for s in family.samples
+                ]
+            yield family
+
+
+class _Combined:
+    """All workers' metric files, with this worker's exemplars: a collector for one scrape."""
+
+    def __init__(self, exemplars: ExemplarStore) -> None:
+        self._files = MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+        self._exemplars = exemplars
+
+    def collect(self) -> Iterable[Metric]:
+        return self._exemplars.attach(self._files.collect())  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -76,6 +131,7 @@ class Metrics:
             "Admitted turns not yet finished.",
             ["model"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.prompt_tokens = Counter(
             "callgate_prompt_tokens", "Prompt tokens of served turns.", ["model"], registry=registry
@@ -90,8 +146,19 @@ class Metrics:
             registry=registry,
         )
         self.engine_up = Gauge(
-            "callgate_engine_up", "1 while the engine is alive and loaded.", registry=registry
+            "callgate_engine_up",
+            "1 while the engine is alive and loaded (in every front-end worker).",
+            registry=registry,
+            multiprocess_mode="livemin",
         )
+        self.info = Gauge(
+            "callgate_info",
+            "What runs: callgate's version, vLLM's version, the number of front-end workers.",
+            ["version", "vllm_version", "workers"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.exemplars = ExemplarStore() if multiprocess() else None
 
     def declare(self, models: list[str]) -> None:
         """Create every label combination up front so dashboards see zeros, not gaps."""
@@ -106,6 +173,16 @@ class Metrics:
     def observe_ttft(self, model: str, seconds: float, session_id: str | None) -> None:
         exemplar = {"session_id": session_id[:EXEMPLAR_MAX]} if session_id else None
         self.ttft.labels(model).observe(seconds, exemplar)
+        if exemplar is not None and self.exemplars is not None:
+            self.exemplars.add(model, seconds, exemplar)
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """`/metrics`: this process's registry and vLLM's, or every worker's files."""
+        if self.exemplars is None:
+            return exposition(accept, self.registry, REGISTRY)
+        combined = CollectorRegistry()
+        combined.register(_Combined(self.exemplars))  # type: ignore[arg-type]
+        return exposition(accept, combined)
 
 
 def exposition(accept: str, *registries: CollectorRegistry) -> tuple[bytes, str]:

@@ -46,6 +46,15 @@ class ServerSettings(_Section):
     max_header_bytes: int = Field(
         16_384, ge=1024, description="Largest request head accepted by the HTTP parser."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Front-end processes (HTTP, tokenizer, detokenizer) sharing one engine "
+        "core, as `vllm serve --api-server-count`. One Python process tops out near 8k tokens/s; "
+        "more lets a large GPU stream what it generates. Admission limit and /metrics stay "
+        "server-wide.",
+    )
 
     @model_validator(mode="after")
     def _ping_needs_sse_starlette(self) -> ServerSettings:

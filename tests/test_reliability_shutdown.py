@@ -37,8 +37,9 @@ EXIT_WITHIN_S = DRAIN_S + 60.0  # drain, then engine shutdown on a loaded 2-core
 
 
 @pytest.fixture
-def draining_server(start_server):
+def draining_server(start_server, workers):
     env = {
+        "CALLGATE_SERVER__WORKERS": str(workers),
         "CALLGATE_SHUTDOWN__DRAIN_S": str(DRAIN_S),
         "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1",
         "CALLGATE_ENGINE__MAX_MODEL_LEN": "16384",
@@ -48,8 +49,12 @@ def draining_server(start_server):
         yield handle
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_drains_then_exits_zero(draining_server, sig):
+@pytest.mark.parametrize(
+    ("sig", "workers"),
+    [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-2-workers"],
+)
+def test_signal_drains_then_exits_zero(draining_server, sig, workers):
     srv = draining_server
     family = descendants(srv)
     auth = {"Authorization": srv.auth}

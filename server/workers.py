@@ -1,0 +1,251 @@
+"""Several front-end processes on one engine core (`server.workers` > 1).
+
+One Python process can stream only so many tokens a second (ZMQ decoding, detokenizing, the
+turn loop and the SSE writes all share one core), and on a large GPU that, not the GPU, is the
+ceiling. So the supervisor (this process) binds the HTTP port once per worker with
+`SO_REUSEPORT`, launches the engine core, and starts N workers that each run the whole
+single-process server (`server.app`) as a client of that core (`SharedCore` in the engine
+adapter; the mechanism of `vllm serve --api-server-count`). The kernel spreads new connections
+evenly over the workers' sockets.
+
+What stays one thing to the outside:
+- admission: one counter shared by every worker (`server.admission`), one limit;
+- `/metrics`: prometheus-client's multiprocess files, summed by whichever worker answers;
+- SIGTERM (or Ctrl-C) to the supervisor: one SIGTERM to each worker, which drains as a single
+  process does; the supervisor exits 0 once they have all gone;
+- engine death: the supervisor sees it (the core is its child) and tells every worker
+  (`ENGINE_LOST`), which ends its open turns with the fallback ending and exits 3; so does the
+  supervisor;
+- a worker that dies otherwise takes the server down: the others drain, and the supervisor
+  exits 5, so the process supervisor (Docker, k8s) restarts the whole server. A restarted
+  worker would need a new engine-core client slot, which vLLM does not offer; a port with a
+  dead worker behind it must never stay open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import partial
+from multiprocessing import connection
+from multiprocessing.process import BaseProcess
+from multiprocessing.sharedctypes import Synchronized
+from types import FrameType
+from typing import Any
+
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+from server.admission import Admission
+from server.engine import Engine, SharedCore
+from server.lifecycle import EXIT_ENGINE_DEAD, EXIT_LOAD_FAILED
+from server.settings import Settings
+
+log = logging.getLogger("callgate")
+
+EXIT_WORKER_DIED = 5
+# Supervisor -> worker: the engine core died. Its clients cannot see that themselves (the core
+# is the supervisor's child), and without it their open turns would wait forever.
+ENGINE_LOST = signal.SIGUSR1
+STOP_MARGIN_S = 10.0  # beyond drain_s, before a worker that has not gone is killed
+ENGINE_DEATH_GRACE_S = 15.0  # for workers to flush their fallback endings after engine death
+
+
+@dataclass
+class WorkerPayload:
+    """What each worker process is started with (pickled by `spawn`)."""
+
+    settings: Settings
+    codes: list[str]
+    in_flight: Synchronized[int]
+
+
+def listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` sockets on one address, one per worker, with `SO_REUSEPORT`: the kernel hashes
+    each new connection to one of them, and a worker that dies takes its socket with it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        port = sock.getsockname()[1]  # port 0: the others join the one the first was given
+        sock.listen(2048)
+        socks.append(sock)
+    return socks
+
+
+async def _connect(client: dict[str, Any], settings: Settings) -> Engine:
+    return await Engine.connect(settings.engine, client)
+
+
+def worker_main(
+    listen_address: str,
+    sockets: list[socket.socket],
+    payload: WorkerPayload,
+    client: dict[str, Any],
+) -> None:
+    """One worker: the single-process server on its own socket, a client of the shared core."""
+    from server.app import create_app
+    from server.logs import setup_logging
+    from server.process import serve
+
+    index = int(client["client_index"])
+    for i, sock in enumerate(sockets):
+        if i != index:
+            sock.close()  # only the worker that accepts on a socket may hold it open
+    settings = payload.settings
+    setup_logging(settings.server.log_format, settings.server.log_level)
+    log.info("front-end worker %d (pid %d) serving %s", index, os.getpid(), listen_address)
+    app = create_app(
+        settings,
+        payload.codes,
+        engine_factory=partial(_connect, client),
+        admission=Admission(payload.in_flight),
+    )
+    runtime = app.state.runtime
+
+    def engine_lost(sig: int, frame: FrameType | None) -> None:
+        asyncio.get_event_loop().call_soon_threadsafe(runtime.engine_lost)
+
+    signal.signal(ENGINE_LOST, engine_lost)
+    raise SystemExit(serve(app, settings, sockets[index]))
+
+
+class Supervisor:
+    """Starts the core and the workers, forwards stop signals, decides the exit code."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.workers: list[BaseProcess] = []
+        self.stopping = False
+        self.code: int | None = None
+        self._deadline: float | None = None
+        self._reaped: set[int] = set()
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def on_signal(self, sig: int, frame: FrameType | None) -> None:
+        first = not self.stopping
+        self.stopping = True
+        if first:
+            log.info("received %s: draining every worker", signal.Signals(sig).name)
+            self._until(self.settings.shutdown.drain_s + STOP_MARGIN_S)
+        self._signal_workers(signal.SIGTERM)  # a second signal: the workers stop at once
+
+    def started(self, workers: list[BaseProcess]) -> None:
+        self.workers = workers
+        if self.stopping:  # a signal came while they were being started
+            self._signal_workers(signal.SIGTERM)
+
+    def _signal_workers(self, sig: int) -> None:
+        for proc in self.workers:
+            if proc.exitcode is None and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+
+    def _until(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
+
+    # -- watching ----------------------------------------------------------------------------
+
+    def watch(self, core: SharedCore) -> int:
+        """Until every worker has gone; the server's exit code."""
+        while any(p.exitcode is None for p in self.workers):
+            waitables = [p.sentinel for p in self.workers if p.exitcode is None]
+            waitables += [p.sentinel for p in core.engine_processes if p.exitcode is None]
+            connection.wait(waitables, timeout=0.5)
+            for proc in self.workers:
+                if proc.exitcode is not None and proc.pid not in self._reaped:
+                    self._reaped.add(proc.pid or 0)
+                    prometheus_multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+                    self._worker_exited(proc)
+            if self.code is None and not core.engine_alive():
+                log.error("the engine core died; workers end their open turns; exiting")
+                self.code = EXIT_ENGINE_DEAD
+                self._until(ENGINE_DEATH_GRACE_S)
+                self._signal_workers(ENGINE_LOST)
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                left = [p for p in self.workers if p.exitcode is None]
+                if left:
+                    log.warning("%d workers did not stop in time: killing them", len(left))
+                    self._signal_workers(signal.SIGKILL)
+                    self._deadline = None
+        return self.code or 0
+
+    def _worker_exited(self, proc: BaseProcess) -> None:
+        code = proc.exitcode
+        if code == 0 and self.stopping:
+            return
+        if code == EXIT_ENGINE_DEAD:
+            self.code = self.code or EXIT_ENGINE_DEAD
+            self._until(ENGINE_DEATH_GRACE_S)
+            return
+        if code == EXIT_LOAD_FAILED:
+            self.code = self.code or EXIT_LOAD_FAILED
+        else:
+            how = f"signal {-code}" if code is not None and code < 0 else f"code {code}"
+            log.error(
+                "front-end worker %s (pid %s) exited with %s: stopping the server (exit %d) "
+                "so that its supervisor restarts it",
+                proc.name,
+                proc.pid,
+                how,
+                EXIT_WORKER_DIED,
+            )
+            self.code = self.code or EXIT_WORKER_DIED
+        if not self.stopping:
+            self.stopping = True
+            self._until(self.settings.shutdown.drain_s + STOP_MARGIN_S)
+            self._signal_workers(signal.SIGTERM)
+
+
+def supervise(settings: Settings, codes: list[str]) -> int:
+    """Run the server as a supervisor, one engine core and `server.workers` workers."""
+    n = settings.server.workers
+    host, port = settings.server.host, settings.server.port
+    socks = listen_sockets(host, port, n)
+    port = socks[0].getsockname()[1]
+    # Every worker writes its metrics here; whichever answers /metrics sums them all.
+    metrics_dir = tempfile.TemporaryDirectory(prefix="callgate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
+    in_flight: Synchronized[int] = multiprocessing.get_context("spawn").Value("i", 0)
+    payload = WorkerPayload(settings, codes, in_flight)
+    sup = Supervisor(settings)
+    signal.signal(signal.SIGTERM, sup.on_signal)
+    signal.signal(signal.SIGINT, sup.on_signal)
+    log.info("starting the engine core and %d front-end workers on %s:%d", n, host, port)
+    try:
+        core = SharedCore.launch(
+            settings.engine,
+            n,
+            worker_main,
+            f"http://{host}:{port}",
+            socks,
+            payload,
+            on_started=sup.started,
+        )
+    except Exception as e:
+        log.error("the engine failed to start: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
+        sup._signal_workers(signal.SIGKILL)
+        metrics_dir.cleanup()
+        return 0 if sup.stopping else EXIT_LOAD_FAILED
+    finally:
+        for sock in socks:
+            sock.close()  # each worker holds its own; none may outlive its worker here
+    try:
+        code = sup.watch(core)
+    finally:
+        core.shutdown(timeout=5.0)
+        metrics_dir.cleanup()
+    log.info("exiting with code %d", code)
+    return code

@@ -1,0 +1,246 @@
+"""Several front-end processes on one engine core (`server.workers: 2`): still one server.
+
+Real engine, tiny checkpoint, a real server process with two workers. One shared server for the
+tests that leave it as they found it (streams, spread, admission, metrics, hang-ups); engine
+death and worker death each get a server of their own. Draining on SIGTERM with two workers is
+in tests/test_reliability_shutdown.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import re
+import signal
+import time
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.reliability_helpers import (
+    ENGINE_EXIT_S,
+    FALLBACK,
+    RawStream,
+    assert_error_shape,
+    async_client,
+    delta,
+    descendants,
+    engine_core,
+    load,
+    long_body,
+    metric,
+    outcomes,
+    scrape,
+    wait_for,
+    wait_idle,
+    well_formed,
+)
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 2
+MAX_IN_FLIGHT = 3
+LONG = 1500  # output tokens: a turn that outlasts every step of a test here
+ENV = {
+    "CALLGATE_SERVER__WORKERS": str(WORKERS),
+    "CALLGATE_LIMITS__MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+    "CALLGATE_SAMPLING__MAX_TOKENS": str(LONG),
+}
+_WORKER_LINE = re.compile(r"front-end worker (\d+) \(pid (\d+)\)")
+
+
+@pytest.fixture(scope="module")
+def two(start_server):
+    with start_server(env=ENV) as handle:
+        yield handle
+
+
+@pytest.fixture
+def idle(two):
+    assert wait_idle(two, within_s=10.0).idle, load(two)
+    return outcomes(two)
+
+
+def _auth(handle) -> dict[str, str]:
+    return {"Authorization": handle.auth}
+
+
+def _turn_lines(handle, offset: int = 0) -> list[dict[str, Any]]:
+    lines = []
+    for line in handle.log_text()[offset:].splitlines():
+        if line.startswith("{") and '"event": "turn"' in line:
+            lines.append(json.loads(line))
+    return lines
+
+
+def _worker_pids(handle) -> dict[int, int]:
+    return {int(i): int(pid) for i, pid in _WORKER_LINE.findall(handle.log_text())}
+
+
+def _fresh_connection_turns(handle, count: int, **extra: Any) -> list[httpx.Response]:
+    """`count` turns, each on a new connection (as many gateway calls are)."""
+    out = []
+    for i in range(count):
+        with httpx.Client(timeout=60.0) as client:
+            body = {**long_body(4), "session_id": f"workers-{i}", **extra}
+            out.append(client.post(f"{handle.url}/", json=body, headers=_auth(handle)))
+    return out
+
+
+def test_info_gauge_says_what_runs(two):
+    text = scrape(two)
+    assert metric(text, "callgate_info", workers=str(WORKERS)) == 1.0
+    info = [line for line in text.splitlines() if line.startswith("callgate_info{")]
+    assert len(info) == 1 and 'vllm_version="0.' in info[0], info
+    assert sorted(_worker_pids(two)) == list(range(WORKERS))
+
+
+def test_streams_are_well_formed_and_spread_over_every_worker(two, idle):
+    mark = len(two.log_text())
+    responses = _fresh_connection_turns(two, 24)
+    for response in responses:
+        assert response.status_code == 200, response.text
+        assert well_formed(response.content).finish_reason == "length"
+    assert wait_for(lambda: len(_turn_lines(two, mark)) == 24, 10.0)
+    served = collections.Counter(line["pid"] for line in _turn_lines(two, mark))
+    assert set(served) == set(_worker_pids(two).values()), served
+    # The kernel hashes connections over the workers' sockets: even, within chance.
+    assert min(served.values()) >= 4, served
+
+
+def test_metrics_are_exact_sums_over_workers(two, idle):
+    before = scrape(two)
+    responses = _fresh_connection_turns(two, 10)
+    assert [r.status_code for r in responses] == [200] * 10
+    # Scrapes on fresh connections reach either worker; every one must show the same sums.
+    for _ in range(4):
+        after = scrape(two)
+        for name, labels in (
+            ("callgate_time_to_first_token_seconds_count", {}),
+            ("callgate_requests_total", {"outcome": "length"}),
+            ("callgate_output_tokens_total", {}),
+            ("vllm:request_success_total", {}),
+        ):
+            grown = metric(after, name, **labels) - metric(before, name, **labels)
+            assert grown == (40 if name == "callgate_output_tokens_total" else 10), (name, grown)
+    assert metric(after, "callgate_requests_in_flight") == 0
+    assert metric(after, "callgate_engine_up") == 1
+
+
+def test_exemplars_survive_several_workers(two, idle):
+    _fresh_connection_turns(two, 8)
+    seen: set[str] = set()
+    for _ in range(6):
+        with httpx.Client(timeout=30.0) as client:
+            text = client.get(
+                f"{two.url}/metrics", headers={"Accept": "application/openmetrics-text"}
+            ).text
+        seen |= set(re.findall(r'# \{session_id="(workers-\d+)"\}', text))
+    assert seen, "no TTFT exemplar in the OpenMetrics exposition"
+
+
+def test_admission_limit_is_global_and_hang_ups_abort(two, idle):
+    async def scenario() -> tuple[list[int], list[httpx.Response]]:
+        async with async_client() as client:
+            requests = [
+                client.build_request(
+                    "POST", f"{two.url}/", json=long_body(LONG), headers=_auth(two)
+                )
+                for _ in range(4 * MAX_IN_FLIGHT)
+            ]
+            responses = await asyncio.gather(*(client.send(r, stream=True) for r in requests))
+            admitted = [r for r in responses if r.status_code == 200]
+            refused = [r for r in responses if r.status_code != 200]
+            for r in refused:
+                await r.aread()
+            streams = [RawStream(r) for r in admitted]
+            for stream in streams:
+                await stream.until(2)
+            statuses = [r.status_code for r in responses]
+            for r in admitted:  # every caller hangs up mid-stream
+                await r.aclose()
+            return statuses, refused
+
+    statuses, refused = asyncio.run(scenario())
+    # Per-worker limits would admit up to WORKERS x MAX_IN_FLIGHT of these.
+    assert statuses.count(200) == MAX_IN_FLIGHT, statuses
+    for response in refused:
+        body = assert_error_shape(response, 503)
+        assert body["error"]["code"] == "server_overloaded"
+        assert response.headers["retry-after"].isdigit()
+    # The hang-ups reach the engine from whichever worker held them.
+    t0 = time.monotonic()
+    assert wait_idle(two, within_s=2.0).idle, load(two)
+    assert time.monotonic() - t0 < 2.0
+    changed = delta(outcomes(two), idle)
+    assert changed == {"rejected": 3 * MAX_IN_FLIGHT, "client_gone": MAX_IN_FLIGHT}, changed
+
+
+# -- destructive: each with its own server ----------------------------------------------------
+
+
+def test_engine_death_ends_every_workers_turns_audibly_and_exits_3(start_server):
+    with start_server(env=ENV) as srv:
+        family = descendants(srv)
+        core = engine_core(srv)
+
+        async def scenario() -> list[bytes]:
+            async with async_client() as client:
+                opened = []
+                for _ in range(MAX_IN_FLIGHT):
+                    request = client.build_request(
+                        "POST", f"{srv.url}/", json=long_body(LONG), headers=_auth(srv)
+                    )
+                    opened.append(RawStream(await client.send(request, stream=True)))
+                for stream in opened:
+                    await stream.until(2)
+                core.send_signal(signal.SIGKILL)
+                bodies = [await stream.rest() for stream in opened]
+                for stream in opened:
+                    await stream.response.aclose()
+                return bodies
+
+        bodies = asyncio.run(scenario())
+        code = srv.proc.wait(timeout=60.0)
+    for raw in bodies:
+        assert well_formed(raw).content.endswith(FALLBACK)
+    assert code == 3
+    _assert_no_process_left(family)
+
+
+def test_a_worker_that_dies_takes_the_server_down_cleanly(start_server):
+    env = {**ENV, "CALLGATE_SHUTDOWN__DRAIN_S": "4"}
+    with start_server(env=env) as srv:
+        family = descendants(srv)
+        pids = _worker_pids(srv)
+        assert sorted(pids) == list(range(WORKERS)), pids
+        psutil.Process(pids[0]).send_signal(signal.SIGKILL)
+        # Never a silent port: every attempt is answered or refused at once until the exit.
+        answers = []
+        while srv.proc.poll() is None:
+            try:
+                with httpx.Client(timeout=5.0) as client:
+                    answers.append(client.get(f"{srv.url}/ready").status_code)
+            except httpx.TimeoutException:
+                pytest.fail("a connection to the server hung after a worker died")
+            except httpx.TransportError:  # refused, or reset by the dying worker: at once
+                answers.append(0)
+            time.sleep(0.1)
+        code = srv.proc.wait(timeout=60.0)
+        log = srv.log_text()
+    assert code == 5, code
+    assert "exited with signal 9" in log
+    assert set(answers) <= {0, 200, 503}, answers
+    _assert_no_process_left(family)
+
+
+def _assert_no_process_left(family: list[psutil.Process]) -> None:
+    _, alive = psutil.wait_procs(family, timeout=ENGINE_EXIT_S)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    assert not alive, f"processes outlived the server: {alive}"
