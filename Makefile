@@ -36,7 +36,7 @@ test: venv ## the whole test suite, on the real engine with a tiny checkpoint
 # the GPU host's release (0.26.0) in its own environment. `make test VENV=.venv-0.26` runs all.
 COMPAT_TESTS := tests/test_api_stream.py tests/test_api_cancel.py tests/test_api_sampling.py \
 	tests/test_observability.py tests/test_reliability_first_token.py \
-	tests/test_reliability_shutdown.py tests/test_benchmarks_gpu.py
+	tests/test_reliability_shutdown.py tests/test_benchmarks_gpu.py tests/test_workers.py
 test-compat: ## representative tests on vLLM $(COMPAT_VLLM) (the GPU host's release), in $(COMPAT_VENV)
 	$(MAKE) venv VENV=$(COMPAT_VENV) VLLM_VERSION=$(COMPAT_VLLM)
 	$(COMPAT_VENV)/bin/python -m pytest $(COMPAT_TESTS)
@@ -56,8 +56,13 @@ format: venv ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff format server tests benchmarks
 	$(VENV)/bin/ruff check --fix server tests benchmarks
 
-bench: venv ## side-by-side load benchmark vs vLLM's own server -> benchmarks/results/
+bench: venv ## side-by-side load benchmarks vs vLLM's own server -> benchmarks/results/
 	$(PY) -m benchmarks.sidebyside
+	# 1 and 2 front-end processes on each side (callgate --workers, vllm --api-server-count)
+	VLLM_CPU_KVCACHE_SPACE=1 $(PY) -m benchmarks.gpu --cpu --out benchmarks/results/cpu-workers \
+	  --levels 1,8,32,64 --level-s 15 --prompt-tokens 200 --output-tokens 64 \
+	  --max-num-seqs 128 --max-num-batched-tokens 2048 --workers 2 \
+	  --sides vllm,callgate-1,callgate-N,vllm-N --budget-s 1800
 
 deploy-check: ## static checks of the compose stack, Prometheus config, dashboard, k8s
 	bash deploy/check.sh

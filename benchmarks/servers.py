@@ -56,21 +56,31 @@ class Running:
     pid: int
 
     def cpu_seconds(self) -> tuple[float, float] | None:
-        """CPU time used so far by the server process (HTTP front end, tokenizer, detokenizer)
-        and by its descendants (vLLM's engine core). Unlike wall time, CPU time barely moves
-        with the machine's background load, so it compares servers on a noisy box."""
+        """CPU time used so far by the server's front end (the server process and its API
+        processes: HTTP, tokenizer, detokenizer) and by vLLM's engine (the processes vLLM titles
+        `VLLM::EngineCore`, `VLLM::Worker...`, `VLLM::DPCoordinator`). Unlike wall time, CPU
+        time barely moves with the machine's background load, so it compares servers on a
+        noisy box; with several front-end processes it is their sum."""
         try:
             import psutil
 
             proc = psutil.Process(self.pid)
-            own = sum(proc.cpu_times()[:2])
-            kids = 0.0
+            frontend = sum(proc.cpu_times()[:2])
+            engine = 0.0
             for child in proc.children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    kids += sum(child.cpu_times()[:2])
-            return own, kids
+                    used = sum(child.cpu_times()[:2])
+                    if _is_engine(" ".join(child.cmdline()) or child.name()):
+                        engine += used
+                    else:
+                        frontend += used
+            return frontend, engine
         except Exception:  # psutil missing or the process is gone: no CPU figures
             return None
+
+
+def _is_engine(title: str) -> bool:
+    return title.startswith("VLLM::") and not title.startswith("VLLM::APIServer")
 
 
 def free_port() -> int:

@@ -91,6 +91,7 @@ def engine_args(settings: EngineSettings) -> AsyncEngineArgs:
         "enforce_eager": settings.enforce_eager,
         "trust_remote_code": settings.trust_remote_code,
         "seed": settings.seed,
+        "stream_interval": settings.stream_interval,
     }
     named = {k: v for k, v in named.items() if v is not None}
     clash = set(named) & set(settings.extra)

@@ -50,7 +50,7 @@ class Gateway:
         self._banned = (
             () if settings.sampling.enable_thinking else tokenizer.token_ids(*THINK_TOKENS)
         )
-        self.max_in_flight = settings.limits.max_in_flight or 2 * engine.max_num_seqs
+        self.max_in_flight = settings.limits.max_in_flight or engine.max_num_seqs
         # The admission count is the whole server's (shared by every worker process).
         self.admission = admission or Admission()
         self.admission.limit = self.max_in_flight

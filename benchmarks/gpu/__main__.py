@@ -75,10 +75,16 @@ def callgate_has_workers() -> bool:
 
 
 def make_sides(
-    names: list[str], model: str, shape: EngineShape, workers: int, auth: str, port: int
+    names: list[str],
+    model: str,
+    shape: EngineShape,
+    workers: int,
+    auth: str,
+    port: int,
+    extra: dict[str, str],
 ) -> list[Side]:
     engine_env = {"VLLM_CPU_KVCACHE_SPACE": str(shape.kv_cache_gib)}
-    ours = {**engine_env, **ours_env(auth, shape)}
+    ours = {**engine_env, **ours_env(auth, shape), **extra}
     out: list[Side] = []
     for name in names:
         if name == "vllm":
@@ -134,10 +140,13 @@ async def measure(
             # Units are a ceiling: the level ends when `level_s` has passed.
             level = Level(units=100_000, concurrency=c, first_unit=first_unit, duration_s=level_s)
             runner = Runner(client, srv.chat_url, auth, workload, prompts)
+            cpu_before = srv.cpu_seconds()
             wall = await runner.run(level)
+            cpu_after = srv.cpu_seconds()
             first_unit += 100_000
             summary = summarize(runner.results, wall, concurrency=c, rate=None, units=c)
             summary.pop("ttft_by_turn_ms", None)
+            summary["server_cpu"] = _cpu_per_token(cpu_before, cpu_after, summary["output_tokens"])
             out.append(summary)
             t = summary["ttft_ms"]
             print(
@@ -148,13 +157,28 @@ async def measure(
     return out
 
 
+def _cpu_per_token(
+    before: tuple[float, float] | None, after: tuple[float, float] | None, tokens: int
+) -> dict[str, float] | None:
+    """Front-end and engine CPU µs per streamed token over one level (all their processes)."""
+    if before is None or after is None or tokens <= 0:
+        return None
+    frontend, engine = after[0] - before[0], after[1] - before[1]
+    return {
+        "frontend_us_per_token": round(frontend / tokens * 1e6, 1),
+        "engine_us_per_token": round(engine / tokens * 1e6, 1),
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="Checkpoint dir (config + tokenizer).")
+    p.add_argument(
+        "--model", default=None, help="Checkpoint dir (default: build the tiny test checkpoint)."
+    )
     p.add_argument("--out", type=Path, required=True, help="Folder for gpu.json and gpu.md.")
     p.add_argument(
         "--sides",
@@ -173,10 +197,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--cpu", action="store_true", help="CPU dry run: eager, 1 GiB KV cache.")
+    p.add_argument(
+        "--callgate-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Extra setting for the callgate sides, e.g. CALLGATE_ENGINE__STREAM_INTERVAL=2.",
+    )
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.model is None:
+        with tempfile.TemporaryDirectory(prefix="callgate-tiny-") as tmp:
+            from tests.tiny_checkpoint import build
+
+            args.model = str(build(Path(tmp)))
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.monotonic()
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     shape = EngineShape(
@@ -219,7 +260,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start_guess = FIRST_START_GUESS_S
     side_guess = len(levels) * (args.level_s + 5.0) + 10.0 + STOP_S
     with tempfile.TemporaryDirectory(prefix="callgate-gpu-") as logs:
-        for side in make_sides(names, args.model, shape, args.workers, auth, free_port()):
+        extra = dict(kv.split("=", 1) for kv in args.callgate_env)
+        sides = make_sides(names, args.model, shape, args.workers, auth, free_port(), extra)
+        for side in sides:
             left = args.budget_s - (time.monotonic() - t_start)
             if start_guess + side_guess > left:
                 print(f"== {side.name}: skipped, {left:.0f} s left of the budget", flush=True)
