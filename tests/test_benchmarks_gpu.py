@@ -24,6 +24,7 @@ def test_gpu_script_dry_run_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None
         "--model", str(tiny_model_dir), "--out", str(out),
         "--levels", "1,4", "--level-s", "2", "--prompt-tokens", "48", "--output-tokens", "12",
         "--max-num-seqs", "8", "--max-num-batched-tokens", "2048", "--budget-s", "900",
+        "--workers", "2",
     ]  # fmt: skip
     done = subprocess.run(
         cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False

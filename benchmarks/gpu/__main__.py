@@ -185,7 +185,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="vllm,callgate-N,callgate-1,vllm-N",
         help="Sides in run order (vllm, callgate-N, callgate-1, vllm-N).",
     )
-    p.add_argument("--workers", type=int, default=2, help="N of callgate-N and vllm-N.")
+    p.add_argument(
+        "--workers", type=int, default=4, help="N of callgate-N and vllm-N (gpu.yaml's 4)."
+    )
     p.add_argument("--levels", default="1,16,64,128", help="Closed-loop concurrency levels.")
     p.add_argument("--level-s", type=float, default=15.0, help="Seconds of load per level.")
     p.add_argument("--budget-s", type=float, default=500.0, help="Start no side past this.")
