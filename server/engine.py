@@ -151,7 +151,7 @@ class Engine:
             client_count=count,
             client_index=index,
         )
-        await _first_round_trip(llm, index)
+        await llm.get_supported_tasks()
         return cls(llm)
 
     @property
@@ -213,23 +213,6 @@ class Engine:
 
     def stop(self) -> None:
         self._llm.shutdown()
-
-
-async def _first_round_trip(llm: AsyncLLM, index: int, tries: int = 6) -> None:
-    """One engine round trip, asked again if its answer does not come.
-
-    Seen here on a loaded machine (about one start in five, vLLM 0.32, two workers): a worker's
-    first utility call to the shared core never got its answer, although both processes were
-    idle and healthy, and the worker stayed "loading" for good. The call is harmless to repeat
-    and vLLM drops the answer of an abandoned one, so a few tries bound the start-up instead.
-    """
-    for attempt in range(1, tries + 1):
-        try:
-            await asyncio.wait_for(llm.get_supported_tasks(), timeout=5.0 * attempt)
-            return
-        except TimeoutError:
-            log.warning("worker %d: no answer from the engine core (try %d)", index, attempt)
-    raise EngineUnavailable("the engine core does not answer this worker")
 
 
 WorkerTarget = Callable[[str, Any, Any, dict[str, Any]], None]

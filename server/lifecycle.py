@@ -129,12 +129,21 @@ class Runtime:
         self._spawn(self._drain())
 
     async def _drain(self) -> None:
+        end = time.monotonic() + self.settings.shutdown.drain_s
         await self._wait_turns(self.settings.shutdown.drain_s)
         if self.gateway is not None and self.gateway.open_turns:
             log.warning("drain time over: %d turns end early", len(self.gateway.open_turns))
             for turn in list(self.gateway.open_turns):
                 turn.interrupt("draining")
             await self._wait_turns(2.0)
+        # With several workers, one without turns keeps its socket (answering 503) while the
+        # others drain: a worker that left early would have its queued connections reset.
+        while (
+            self.gateway is not None
+            and self.gateway.admission.in_flight > 0
+            and time.monotonic() < end + 2.0
+        ):
+            await asyncio.sleep(0.05)
         self._exit(0)
 
     async def _wait_turns(self, seconds: float) -> None:

@@ -51,6 +51,13 @@ from server.settings import Settings
 log = logging.getLogger("callgate")
 
 EXIT_WORKER_DIED = 5
+# Once the engine core is up, every worker has connected within seconds. Seen here on a loaded
+# 2-core machine (vLLM 0.32, two workers, about one start in five under load): a worker's
+# client never received the core's first message, and the server stayed "loading" for good,
+# every process idle. The cause is not found; the supervisor starts everything again instead.
+CONNECT_GRACE_S = 60.0
+START_ATTEMPTS = 3
+_STALLED = -1  # watch(): the workers did not connect in time
 # Supervisor -> worker: the engine core died. Its clients cannot see that themselves (the core
 # is the supervisor's child), and without it their open turns would wait forever.
 ENGINE_LOST = signal.SIGUSR1
@@ -65,6 +72,7 @@ class WorkerPayload:
     settings: Settings
     codes: list[str]
     in_flight: Synchronized[int]
+    connected: Synchronized[int]  # workers whose engine client is up (start-up watchdog)
 
 
 def listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -83,8 +91,13 @@ def listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return socks
 
 
-async def _connect(client: dict[str, Any], settings: Settings) -> Engine:
-    return await Engine.connect(settings.engine, client)
+async def _connect(
+    client: dict[str, Any], connected: Synchronized[int], settings: Settings
+) -> Engine:
+    engine = await Engine.connect(settings.engine, client)
+    with connected.get_lock():
+        connected.value += 1
+    return engine
 
 
 def worker_main(
@@ -108,7 +121,7 @@ def worker_main(
     app = create_app(
         settings,
         payload.codes,
-        engine_factory=partial(_connect, client),
+        engine_factory=partial(_connect, client, payload.connected),
         admission=Admission(payload.in_flight),
     )
     runtime = app.state.runtime
@@ -117,7 +130,12 @@ def worker_main(
         asyncio.get_event_loop().call_soon_threadsafe(runtime.engine_lost)
 
     signal.signal(ENGINE_LOST, engine_lost)
-    raise SystemExit(serve(app, settings, sockets[index]))
+    code = serve(app, settings, sockets[index])
+    # Everything is closed (the engine client too). Leave now: the interpreter's teardown in a
+    # spawned process runs vLLM's and multiprocessing's exit hooks, during which a worker was
+    # seen to die by SIGTERM after a clean drain, and it would wait for stuck loader threads.
+    logging.shutdown()
+    os._exit(code)
 
 
 class Supervisor:
@@ -130,6 +148,10 @@ class Supervisor:
         self.code: int | None = None
         self._deadline: float | None = None
         self._reaped: set[int] = set()
+
+    def reset(self) -> None:
+        """Before starting again after a stalled start."""
+        self.workers, self.code, self._deadline, self._reaped = [], None, None, set()
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -158,9 +180,18 @@ class Supervisor:
 
     # -- watching ----------------------------------------------------------------------------
 
-    def watch(self, core: SharedCore) -> int:
-        """Until every worker has gone; the server's exit code."""
+    def watch(self, core: SharedCore, connected: Synchronized[int]) -> int:
+        """Until every worker has gone; the server's exit code (`_STALLED`: start again)."""
+        connect_by = time.monotonic() + CONNECT_GRACE_S
         while any(p.exitcode is None for p in self.workers):
+            if connect_by and connected.value >= len(self.workers):
+                connect_by = 0.0
+                log.info("all %d workers are connected to the engine core", len(self.workers))
+            elif connect_by and time.monotonic() > connect_by and not self.stopping:
+                self._signal_workers(signal.SIGKILL)
+                for proc in self.workers:
+                    proc.join(timeout=10.0)
+                return _STALLED
             waitables = [p.sentinel for p in self.workers if p.exitcode is None]
             waitables += [p.sentinel for p in core.engine_processes if p.exitcode is None]
             connection.wait(waitables, timeout=0.5)
@@ -184,7 +215,7 @@ class Supervisor:
 
     def _worker_exited(self, proc: BaseProcess) -> None:
         code = proc.exitcode
-        if code == 0 and self.stopping:
+        if self.stopping and code in (0, -signal.SIGTERM):  # it was told to stop
             return
         if code == EXIT_ENGINE_DEAD:
             self.code = self.code or EXIT_ENGINE_DEAD
@@ -211,18 +242,44 @@ class Supervisor:
 
 def supervise(settings: Settings, codes: list[str]) -> int:
     """Run the server as a supervisor, one engine core and `server.workers` workers."""
-    n = settings.server.workers
     host, port = settings.server.host, settings.server.port
-    socks = listen_sockets(host, port, n)
-    port = socks[0].getsockname()[1]
     # Every worker writes its metrics here; whichever answers /metrics sums them all.
     metrics_dir = tempfile.TemporaryDirectory(prefix="callgate-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
-    in_flight: Synchronized[int] = multiprocessing.get_context("spawn").Value("i", 0)
-    payload = WorkerPayload(settings, codes, in_flight)
     sup = Supervisor(settings)
     signal.signal(signal.SIGTERM, sup.on_signal)
     signal.signal(signal.SIGINT, sup.on_signal)
+    try:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            code = _run_once(settings, codes, sup, host, port)
+            if code != _STALLED:
+                break
+            log.warning(
+                "the workers did not connect to the engine core within %.0f s of its start: "
+                "starting the engine core and the workers again (attempt %d of %d)",
+                CONNECT_GRACE_S,
+                attempt + 1,
+                START_ATTEMPTS,
+            )
+            for name in os.listdir(metrics_dir.name):  # a fresh start counts from zero
+                os.unlink(os.path.join(metrics_dir.name, name))
+            sup.reset()
+        else:
+            log.error("the workers never connected to the engine core; exiting")
+            code = EXIT_LOAD_FAILED
+    finally:
+        metrics_dir.cleanup()
+    log.info("exiting with code %d", code)
+    return code
+
+
+def _run_once(settings: Settings, codes: list[str], sup: Supervisor, host: str, port: int) -> int:
+    n = settings.server.workers
+    socks = listen_sockets(host, port, n)
+    port = socks[0].getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    connected: Synchronized[int] = ctx.Value("i", 0)
+    payload = WorkerPayload(settings, codes, ctx.Value("i", 0), connected)
     log.info("starting the engine core and %d front-end workers on %s:%d", n, host, port)
     try:
         core = SharedCore.launch(
@@ -237,15 +294,11 @@ def supervise(settings: Settings, codes: list[str]) -> int:
     except Exception as e:
         log.error("the engine failed to start: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
         sup._signal_workers(signal.SIGKILL)
-        metrics_dir.cleanup()
         return 0 if sup.stopping else EXIT_LOAD_FAILED
     finally:
         for sock in socks:
             sock.close()  # each worker holds its own; none may outlive its worker here
     try:
-        code = sup.watch(core)
+        return sup.watch(core, connected)
     finally:
         core.shutdown(timeout=5.0)
-        metrics_dir.cleanup()
-    log.info("exiting with code %d", code)
-    return code
