@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -50,12 +50,13 @@ def create_app(
     registry: CollectorRegistry | None = None,
     engine_factory: EngineFactory = start_engine,
     admission: Admission | None = None,
+    peers_ready: Callable[[], bool] | None = None,
 ) -> FastAPI:
     """The app of one front-end process. With several workers, each has its own app, and
     `engine_factory` connects to the shared engine core and `admission` is the shared count."""
     metrics = Metrics(registry or CollectorRegistry(auto_describe=True))
     metrics.declare(list(settings.models.aliases))
-    runtime = Runtime(settings, metrics, engine_factory, admission)
+    runtime = Runtime(settings, metrics, engine_factory, admission, peers_ready)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

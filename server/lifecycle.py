@@ -41,9 +41,12 @@ class Runtime:
         metrics: Metrics,
         engine_factory: EngineFactory = start_engine,
         admission: Admission | None = None,
+        peers_ready: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self._admission = admission
+        # With several workers: whether every worker has its engine (/ready is server-wide).
+        self._peers_ready = peers_ready
         self.metrics = metrics
         self.gateway: Gateway | None = None
         self.state = "loading"  # loading -> ready -> draining | dead
@@ -111,6 +114,8 @@ class Runtime:
     def readiness(self) -> tuple[bool, str]:
         if self.state != "ready" or self.gateway is None:
             return False, self.state
+        if self._peers_ready is not None and not self._peers_ready():
+            return False, "loading"
         if not self.gateway.engine.alive:
             return False, "dead"
         if self.gateway.stalled():

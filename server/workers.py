@@ -123,6 +123,7 @@ def worker_main(
         payload.codes,
         engine_factory=partial(_connect, client, payload.connected),
         admission=Admission(payload.in_flight),
+        peers_ready=lambda: payload.connected.value >= payload.settings.server.workers,
     )
     runtime = app.state.runtime
 
