@@ -96,12 +96,35 @@ def _base_env() -> dict[str, str]:
 
 
 def vllm_command(model: str, served_name: str, port: int, shape: EngineShape) -> list[str]:
-    cmd = [
+    """vLLM's OpenAI server, one API process."""
+    return [
         sys.executable,
         "-m",
         "vllm.entrypoints.openai.api_server",
         "--model",
         model,
+        *_vllm_server_flags(served_name, port, shape),
+    ]
+
+
+def vllm_serve_command(
+    model: str, served_name: str, port: int, shape: EngineShape, api_servers: int
+) -> list[str]:
+    """vLLM's server through its CLI (`vllm serve`), the only way to get `--api-server-count`:
+    `api_servers` HTTP processes on one engine core (benchmarks/vllm_serve.py)."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.vllm_serve",
+        model,
+        "--api-server-count",
+        str(api_servers),
+        *_vllm_server_flags(served_name, port, shape),
+    ]
+
+
+def _vllm_server_flags(served_name: str, port: int, shape: EngineShape) -> list[str]:
+    flags = [
         "--served-model-name",
         served_name,
         "--host",
@@ -116,36 +139,7 @@ def vllm_command(model: str, served_name: str, port: int, shape: EngineShape) ->
         str(shape.max_num_batched_tokens),
         "--enable-prompt-tokens-details",  # cached-token counts, as callgate reports them
     ]
-    return cmd + _vllm_shape_flags(shape)
-
-
-def vllm_serve_command(
-    model: str, served_name: str, port: int, shape: EngineShape, api_servers: int
-) -> list[str]:
-    """vLLM's server through its CLI (`vllm serve`), the only way to get `--api-server-count`:
-    `api_servers` HTTP processes on one engine core (benchmarks/vllm_serve.py)."""
-    return [
-        sys.executable,
-        "-m",
-        "benchmarks.vllm_serve",
-        model,
-        "--served-model-name",
-        served_name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--api-server-count",
-        str(api_servers),
-        "--max-model-len",
-        str(shape.max_model_len),
-        "--max-num-seqs",
-        str(shape.max_num_seqs),
-        "--max-num-batched-tokens",
-        str(shape.max_num_batched_tokens),
-        "--enable-prompt-tokens-details",
-        *_vllm_shape_flags(shape),
-    ]
+    return flags + _vllm_shape_flags(shape)
 
 
 def _vllm_shape_flags(shape: EngineShape) -> list[str]:

@@ -222,19 +222,16 @@ class SharedCore:
     """One engine core and the N front-end worker processes that share it.
 
     `launch` blocks until the engine core has loaded the model and every worker has connected
-    (vLLM's start-up handshake). `workers` are the worker processes, started through vLLM's
-    `APIServerProcessManager` with our own target: `target(listen_address, sockets, payload,
-    client)` runs in each, with `client` for `Engine.connect`.
+    (vLLM's start-up handshake). The workers are started through vLLM's
+    `APIServerProcessManager` (`on_started` gets their processes) with our own target:
+    `target(listen_address, sockets, payload, client)` runs in each, with `client` for
+    `Engine.connect`.
     """
 
     def __init__(self, engine_manager: Any, coordinator: Any, api_manager: Any) -> None:
         self._engines = engine_manager
         self._coordinator = coordinator
         self._api = api_manager
-
-    @property
-    def workers(self) -> list[BaseProcess]:
-        return list(self._api.processes)
 
     @property
     def engine_processes(self) -> list[BaseProcess]:

@@ -143,17 +143,23 @@ class Runtime:
             await self._wait_turns(2.0)
         # With several workers, one without turns keeps its socket (answering 503) while the
         # others drain: a worker that left early would have its queued connections reset.
-        while (
-            self.gateway is not None
-            and self.gateway.admission.in_flight > 0
-            and time.monotonic() < end + 2.0
-        ):
-            await asyncio.sleep(0.05)
+        await self._wait(self._server_busy, end + 2.0 - time.monotonic())
         self._exit(0)
 
     async def _wait_turns(self, seconds: float) -> None:
+        await self._wait(self._has_open_turns, seconds)
+
+    def _has_open_turns(self) -> bool:
+        return self.gateway is not None and bool(self.gateway.open_turns)
+
+    def _server_busy(self) -> bool:
+        """Turns in flight anywhere in the server (every worker's, with several)."""
+        return self.gateway is not None and self.gateway.admission.in_flight > 0
+
+    @staticmethod
+    async def _wait(busy: Callable[[], bool], seconds: float) -> None:
         end = time.monotonic() + seconds
-        while self.gateway is not None and self.gateway.open_turns and time.monotonic() < end:
+        while busy() and time.monotonic() < end:
             await asyncio.sleep(0.05)
 
     def close(self) -> None:

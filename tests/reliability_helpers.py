@@ -313,6 +313,30 @@ class RawStream:
         return self.data
 
 
+async def open_streams(
+    client: httpx.AsyncClient, handle: ServerHandle, body: dict[str, Any], count: int, chunks: int
+) -> list[RawStream]:
+    """`count` streams of `body`, opened one after the other, each read until `chunks`
+    content chunks came (all are then running in the engine)."""
+    streams = []
+    for _ in range(count):
+        request = client.build_request(
+            "POST", f"{handle.url}/", json=body, headers={"Authorization": handle.auth}
+        )
+        streams.append(RawStream(await client.send(request, stream=True)))
+    for stream in streams:
+        await stream.until(chunks)
+    return streams
+
+
+async def read_to_end(streams: list[RawStream]) -> list[bytes]:
+    """Every stream's whole body, then its connection closed."""
+    bodies = [await stream.rest() for stream in streams]
+    for stream in streams:
+        await stream.response.aclose()
+    return bodies
+
+
 def async_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(60.0, connect=10.0),

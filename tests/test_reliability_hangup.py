@@ -49,7 +49,9 @@ from tests.reliability_helpers import (
     load_async,
     log_since,
     long_body,
+    open_streams,
     outcomes,
+    read_to_end,
     request_head,
     wait_for,
     wait_idle,
@@ -433,19 +435,10 @@ def test_zz_engine_death_mid_stream_ends_turns_audibly_and_exits_nonzero(busy, i
 
     async def scenario() -> list[bytes]:
         async with async_client() as client, httpx.AsyncClient(timeout=10.0) as probe:
-            opened = []
-            for _ in range(MAX_NUM_SEQS):
-                request = client.build_request(
-                    "POST", f"{busy.url}/", json=long_body(LONG), headers=_auth(busy)
-                )
-                opened.append(RawStream(await client.send(request, stream=True)))
-            for stream in opened:
-                await stream.until(3)
+            opened = await open_streams(client, busy, long_body(LONG), MAX_NUM_SEQS, 3)
             core.send_signal(signal.SIGKILL)
             watcher = asyncio.create_task(watch(probe))
-            bodies = [await stream.rest() for stream in opened]
-            for stream in opened:
-                await stream.response.aclose()
+            bodies = await read_to_end(opened)
             await watcher
             return bodies
 

@@ -33,7 +33,9 @@ from tests.reliability_helpers import (
     load,
     long_body,
     metric,
+    open_streams,
     outcomes,
+    read_to_end,
     scrape,
     wait_for,
     wait_idle,
@@ -190,19 +192,9 @@ def test_engine_death_ends_every_workers_turns_audibly_and_exits_3(start_server)
 
         async def scenario() -> list[bytes]:
             async with async_client() as client:
-                opened = []
-                for _ in range(MAX_IN_FLIGHT):
-                    request = client.build_request(
-                        "POST", f"{srv.url}/", json=long_body(LONG), headers=_auth(srv)
-                    )
-                    opened.append(RawStream(await client.send(request, stream=True)))
-                for stream in opened:
-                    await stream.until(2)
+                opened = await open_streams(client, srv, long_body(LONG), MAX_IN_FLIGHT, 2)
                 core.send_signal(signal.SIGKILL)
-                bodies = [await stream.rest() for stream in opened]
-                for stream in opened:
-                    await stream.response.aclose()
-                return bodies
+                return await read_to_end(opened)
 
         bodies = asyncio.run(scenario())
         code = srv.proc.wait(timeout=60.0)
