@@ -31,7 +31,7 @@ from benchmarks.workloads import Level, Workload
 VARIANTS = {"sse-starlette": "sse-starlette", "starlette": "starlette"}
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIG = Path(__file__).resolve().parent / "sidebyside.yaml"
-AUTH = "bench-ab"
+AUTH = "bench-ab-0123456789"
 
 
 def _ints(text: str) -> list[int]:

@@ -2,7 +2,10 @@
 # Static checks of everything under deploy/, docker-compose.yml and configs/gpu.yaml, runnable
 # without a Docker engine, a GPU or a cluster. The checks themselves live in
 # tests/test_deploy.py; this script runs them with every tool required (a missing
-# docker-compose, promtool, caddy or kubectl fails instead of skipping).
+# docker-compose, promtool, caddy or kubectl fails instead of skipping). Among them: compose
+# resolves for the default and the https profile and publishes nothing but Caddy beyond the
+# host's loopback, Caddy passes only the protocol's POSTs, the k8s NetworkPolicy admits only
+# the Gateway, the endpoint picker and Prometheus, and every container drops its privileges.
 #
 #   deploy/check.sh                  run the checks
 #   deploy/check.sh sync-configmap   rewrite deploy/k8s/configmap.yaml from configs/gpu.yaml
@@ -33,6 +36,15 @@ if [[ "${1:-}" == "sync-configmap" ]]; then
     echo "wrote $out"
     exit 0
 fi
+
+# Compose first, with its own error messages (the tests repeat this and look deeper).
+compose="$(command -v docker-compose || true)"
+if [[ -z "$compose" ]]; then
+    echo "docker-compose not installed (Debian: apt-get install docker-compose)" >&2
+    exit 1
+fi
+"$compose" --env-file .env.example config -q
+"$compose" --env-file .env.example --profile https config -q
 
 python="${PYTHON:-$root/.venv/bin/python}"
 [[ -x "$python" ]] || python=python3

@@ -11,12 +11,12 @@ import os
 import secrets
 import sys
 
-from server.app import create_app
+from server.auth import code_problem, is_loopback
 from server.logs import setup_logging
-from server.process import serve
 from server.settings import Settings, load_settings
 
 log = logging.getLogger("callgate")
+EXIT_REFUSED = 2  # a setting the server will not run with (as argparse's usage errors)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,9 +45,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return settings
 
 
+class Refused(Exception):
+    """A setting the server will not start with; the message is the one line shown."""
+
+
 def auth_codes(settings: Settings) -> list[str]:
+    """The configured codes, each checked; with none, a generated one on loopback only."""
     codes = [c.get_secret_value() for c in settings.auth.codes]
+    for i, code in enumerate(codes, 1):
+        problem = code_problem(code)
+        if problem:
+            raise Refused(f"auth code {i} of {len(codes)} {problem}")
     if not codes:
+        if not is_loopback(settings.server.host):
+            raise Refused(
+                f"no auth code configured and server.host {settings.server.host} is not "
+                "loopback: set CALLGATE_AUTH_CODES (one generated per process would differ "
+                "between replicas and land in the container log)"
+            )
         code = "sk-" + secrets.token_urlsafe(24)
         # Shown once, on the terminal that started the server; never logged.
         sys.stderr.write(f"\ncallgate: no auth code configured; this run accepts: {code}\n\n")
@@ -61,11 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.server.log_format, settings.server.log_level)
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    codes = auth_codes(settings)
+    try:
+        codes = auth_codes(settings)
+    except Refused as e:
+        sys.stderr.write(f"callgate: refusing to start: {e}\n")
+        return EXIT_REFUSED
+    # Imported only now: the engine adapter loads vLLM, which is slow and talks on stderr, and
+    # a refusal above should be quick and be the only line.
     if settings.server.workers > 1:
         from server.workers import supervise
 
         return supervise(settings, codes)
+    from server.app import create_app
+    from server.process import serve
+
     return serve(create_app(settings, codes), settings)
 
 

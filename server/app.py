@@ -64,7 +64,15 @@ def create_app(
         yield
         runtime.close()
 
-    app = FastAPI(title="callgate", version=__version__, lifespan=lifespan, docs_url=None)
+    docs = settings.server.docs
+    app = FastAPI(
+        title="callgate",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.runtime = runtime
     app.state.auth = Authenticator(codes)
     app.state.metrics = metrics
@@ -81,6 +89,12 @@ def _runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 
 
+def _on_admin_port(request: Request, settings: Settings) -> bool:
+    """Whether the request came in on `server.admin_port` (metrics only)."""
+    local: tuple[str, int | None] = request.scope.get("server") or ("", None)
+    return settings.server.admin_port is not None and local[1] == settings.server.admin_port
+
+
 def _routes(app: FastAPI, settings: Settings) -> None:
     stream_class = SseStream if settings.server.sse == "sse-starlette" else PlainStream
     body_schema = {
@@ -95,6 +109,8 @@ def _routes(app: FastAPI, settings: Settings) -> None:
         rid = request_id(request.headers.get("x-request-id"))
         model, session = "", None
         try:
+            if _on_admin_port(request, settings):
+                raise NotFound(f"no route for {request.method} {request.url.path} on this port")
             if not request.app.state.auth.check(request.headers.get("authorization")):
                 raise Unauthorized("missing or wrong Authorization code")
             body = await read_body(request, settings.server.max_body_bytes)
@@ -105,7 +121,7 @@ def _routes(app: FastAPI, settings: Settings) -> None:
                 raise EngineUnavailable("the engine is still loading", headers={"Retry-After": "5"})
             gateway.admit()
             try:
-                plan = gateway.plan(req, rid, arrival)
+                plan = await gateway.plan(req, rid, arrival)
             except BaseException:
                 gateway.unadmit()
                 raise
@@ -149,7 +165,11 @@ def _routes(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/metrics")
     async def metrics(request: Request, runtime: RuntimeDep) -> Response:
-        """Ours and vLLM's metrics; OpenMetrics (with exemplars) when the scraper asks for it."""
+        """Ours and vLLM's metrics; OpenMetrics (with exemplars) when the scraper asks for it.
+        With `server.admin_port`, only there."""
+        if settings.server.admin_port is not None and not _on_admin_port(request, settings):
+            missing = NotFound("no route for GET /metrics on this port")
+            return error_response(missing, request_id(None))
         if settings.auth.protect_metrics and not request.app.state.auth.check(
             request.headers.get("authorization")
         ):

@@ -5,9 +5,35 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Iterable
 
 MAX_HEADER_CHARS = 4096
+MIN_CODE_CHARS = 16
+# Placeholders shipped in .env.example and deploy/k8s/secret.example.yaml, and their kin.
+PLACEHOLDER_MARKERS = ("REPLACE", "CHANGEME", "CHANGE-ME", "EXAMPLE", "PLACEHOLDER")
+
+
+def code_problem(code: str) -> str | None:
+    """Why `code` may not guard a server (None: it may). Never includes the code itself."""
+    if not all("!" <= ch <= "~" for ch in code):
+        # Headers arrive as latin-1, codes compare as UTF-8: anything else could never match.
+        return "has a character that is not printable ASCII (or a space)"
+    if any(marker in code.upper() for marker in PLACEHOLDER_MARKERS):
+        return "is the shipped placeholder: generate one (see .env.example)"
+    if len(code) < MIN_CODE_CHARS:
+        return f"is shorter than {MIN_CODE_CHARS} characters"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the server on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Authenticator:

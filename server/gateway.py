@@ -7,6 +7,7 @@ count, the stall clock behind `/ready`) is written in `_finished`, once per turn
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -27,6 +28,9 @@ from server.turn import Progress, Turn, TurnPlan
 log = logging.getLogger("callgate.turn")
 
 THINK_TOKENS = ("<think>", "</think>")
+# Dialogs up to this many characters are planned on the event loop (well under a millisecond
+# of tokenizing with the cache warm); larger ones in a thread (`Gateway.plan`).
+PLAN_INLINE_CHARS = 16_384
 
 
 class Gateway:
@@ -56,8 +60,9 @@ class Gateway:
         self.admission.limit = self.max_in_flight
         self.open_turns: set[Turn] = set()  # this process's turns
         self.draining = False
-        # Last time the engine showed progress (a token, or work arriving at an idle engine).
+        # The stall clock: busy time since the engine last produced a token (/ready, hung exit).
         self.progress = Progress()
+        self._planner = asyncio.Semaphore(1)
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -86,7 +91,16 @@ class Gateway:
         """Give back the slot of an admitted request that did not become a turn."""
         self.admission.leave()
 
-    def plan(self, request: ChatRequest, request_id: str, arrival: float) -> TurnPlan:
+    async def plan(self, request: ChatRequest, request_id: str, arrival: float) -> TurnPlan:
+        """`plan_now`, off the event loop for a large dialog: rendering and tokenizing
+        thousands of messages (several times, when history must be dropped) would otherwise
+        stall every other stream of this process. One large plan at a time per process."""
+        if sum(len(m.text) for m in request.messages) <= PLAN_INLINE_CHARS:
+            return self.plan_now(request, request_id, arrival)
+        async with self._planner:
+            return await asyncio.to_thread(self.plan_now, request, request_id, arrival)
+
+    def plan_now(self, request: ChatRequest, request_id: str, arrival: float) -> TurnPlan:
         alias = self.alias_for(request.model)
         system = self._prompts.render(alias, request.biz_params)
         dialog = assemble(system, [(m.role, m.text) for m in request.messages])
@@ -116,8 +130,6 @@ class Gateway:
 
     def start(self, plan: TurnPlan) -> Turn:
         turn = Turn(plan, self.engine, self.metrics, self._finished, self.progress)
-        if not self.open_turns:
-            self.progress.at = time.perf_counter()
         self.open_turns.add(turn)
         self.metrics.in_flight.labels(plan.alias).inc()
         return turn
@@ -186,11 +198,15 @@ class Gateway:
 
     # -- health ------------------------------------------------------------------------------
 
-    def stalled(self) -> bool:
-        """Requests are running but the engine has produced nothing for `stall_s`."""
-        if not self.open_turns or self.engine.num_unfinished() == 0:
-            return False
-        return time.perf_counter() - self.progress.at > self.settings.readiness.stall_s
+    def tick(self) -> None:
+        """Advance the stall clock (the runtime's watchdog, every half second)."""
+        self.progress.tick(bool(self.open_turns) and self.engine.num_unfinished() > 0)
+
+    def stalled(self, seconds: float | None = None) -> bool:
+        """The engine has had requests and produced nothing for `seconds` of that busy time
+        (default `readiness.stall_s`)."""
+        limit = self.settings.readiness.stall_s if seconds is None else seconds
+        return self.progress.starved_s > limit
 
     def _retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.settings.limits.retry_after_s)}

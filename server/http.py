@@ -17,7 +17,6 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.errors import CallgateError, PayloadTooLarge, error_body
 from server.turn import Turn
@@ -147,30 +146,3 @@ class Completion(Response):
                 await response(scope, receive, send)
         finally:
             self.turn.finish()
-
-
-class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bound on the request head (httptools has none).
-
-    Past the bound the parser callback raises; uvicorn answers 400 and closes the connection,
-    so an oversized header never reaches the app or grows memory.
-    """
-
-    max_head_bytes = 16_384
-
-    def on_message_begin(self) -> None:
-        self._head_bytes = 0
-        super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        self._grow(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def _grow(self, n: int) -> None:
-        self._head_bytes = getattr(self, "_head_bytes", 0) + n
-        if self._head_bytes > self.max_head_bytes:
-            raise ValueError("request head too large")

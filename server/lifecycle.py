@@ -28,6 +28,7 @@ EngineFactory = Callable[[Settings], Awaitable[Engine]]
 WATCH_INTERVAL_S = 0.5
 EXIT_ENGINE_DEAD = 3
 EXIT_LOAD_FAILED = 4
+EXIT_ENGINE_HUNG = 6  # (5 is a dead front-end worker, server/workers.py)
 
 
 async def start_engine(settings: Settings) -> Engine:
@@ -89,15 +90,36 @@ class Runtime:
         await self._watch(engine)
 
     async def _watch(self, engine: Engine) -> None:
+        readiness = self.settings.readiness
+        hung_s = readiness.stall_s * readiness.hung_exit_after
         while engine.alive:
             await asyncio.sleep(WATCH_INTERVAL_S)
+            if self.gateway is None:
+                continue
+            self.gateway.tick()
+            if hung_s and self.gateway.stalled(hung_s):
+                if self.state in ("stopped", "dead"):
+                    return
+                log.error(
+                    "the engine has produced nothing for %.0f s with requests unfinished: it "
+                    "is hung; open turns end with the fallback sentence; exiting",
+                    hung_s,
+                )
+                await self._die(EXIT_ENGINE_HUNG)
+                return
         if self.state == "stopped":
             return
         log.error("the engine died; open turns end with the fallback sentence; exiting")
+        await self._die(EXIT_ENGINE_DEAD)
+
+    async def _die(self, code: int) -> None:
         self.state = "dead"
         self.metrics.engine_up.set(0)
+        if code == EXIT_ENGINE_HUNG and self.gateway is not None:
+            for turn in list(self.gateway.open_turns):
+                turn.interrupt("error")
         await self._wait_turns(2.0)  # let open turns flush their fallback endings
-        self._exit(EXIT_ENGINE_DEAD)
+        self._exit(code)
 
     def engine_lost(self) -> None:
         """The supervisor saw the shared engine core die: fail this worker's client of it."""

@@ -40,8 +40,17 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         turn = getattr(record, "turn", None)
         if isinstance(turn, dict):
-            line += " " + " ".join(f"{k}={v}" for k, v in turn.items() if k != "event")
+            line += " " + " ".join(f"{k}={_value(v)}" for k, v in turn.items() if k != "event")
         return line
+
+
+def _value(v: Any) -> str:
+    """A field of a text log line: quoted and escaped unless it is one plain word, so that a
+    caller's `session_id` with a newline or spaces cannot forge a line or a field."""
+    text = str(v)
+    if text and all(ch.isprintable() and not ch.isspace() and ch not in '"=' for ch in text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
 
 
 def setup_logging(fmt: str, level: str) -> None:

@@ -15,9 +15,9 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from server.http import LimitedHttpToolsProtocol
+from server.connections import GuardedHttpToolsProtocol
 from server.lifecycle import Runtime
-from server.settings import Settings
+from server.settings import ServerSettings, Settings
 
 log = logging.getLogger("callgate")
 
@@ -42,18 +42,51 @@ class DrainingServer(uvicorn.Server):
         asyncio.get_event_loop().call_soon_threadsafe(self.runtime.begin_drain)
 
 
-def serve(app: FastAPI, settings: Settings, sock: socket.socket | None = None) -> int:
-    """Serve `app` until it stops; the runtime's exit code (0, or why it had to stop)."""
+def listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` sockets on one address. Several (one per worker) share it with `SO_REUSEPORT`:
+    the kernel hashes each new connection to one of them, and a worker that dies takes its
+    socket with it. One alone does not, so a second server on the same port fails to start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if count > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        port = sock.getsockname()[1]  # port 0: the others join the one the first was given
+        sock.listen(2048)
+        socks.append(sock)
+    return socks
+
+
+def listeners(server: ServerSettings, count: int) -> list[list[socket.socket]]:
+    """For each of `count` processes: its socket on the main port, and on the admin port
+    (`server.admin_port`, metrics) when there is one."""
+    main = listen_sockets(server.host, server.port, count)
+    if server.admin_port is None:
+        return [[sock] for sock in main]
+    admin = listen_sockets(server.host, server.admin_port, count)
+    return [[m, a] for m, a in zip(main, admin, strict=True)]
+
+
+def serve(app: FastAPI, settings: Settings, socks: list[socket.socket] | None = None) -> int:
+    """Serve `app` until it stops; the runtime's exit code (0, or why it had to stop).
+
+    `socks`: the sockets a worker was given; without them, one process binds its own (uvicorn
+    binds the main port itself unless there is an admin port too)."""
     from sse_starlette.sse import AppStatus
 
     # We drain ourselves; sse-starlette would otherwise end every stream on the first SIGTERM.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
-    LimitedHttpToolsProtocol.max_head_bytes = settings.server.max_header_bytes
+    guard, limits = GuardedHttpToolsProtocol, settings.server
+    guard.max_head_bytes, guard.max_connections = limits.max_header_bytes, limits.max_connections
+    guard.head_timeout_s, guard.body_timeout_s = limits.head_timeout_s, limits.body_timeout_s
     config = uvicorn.Config(
         app,
         host=settings.server.host,
         port=settings.server.port,
-        http=LimitedHttpToolsProtocol,
+        http=GuardedHttpToolsProtocol,
         loop="uvloop",
         log_config=None,
         access_log=False,
@@ -63,12 +96,14 @@ def serve(app: FastAPI, settings: Settings, sock: socket.socket | None = None) -
     server = DrainingServer(config)
     runtime: Runtime = app.state.runtime
     server.runtime = runtime
-    server.ignore_sigint = sock is not None
+    server.ignore_sigint = socks is not None
+    if socks is None and settings.server.admin_port is not None:
+        socks = listeners(settings.server, 1)[0]
 
     def stop() -> None:
         server.should_exit = True
 
     runtime.request_exit = stop
-    server.run(sockets=None if sock is None else [sock])
+    server.run(sockets=socks)
     log.info("exiting with code %d", runtime.exit_code)
     return runtime.exit_code

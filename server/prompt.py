@@ -55,7 +55,7 @@ class SystemPrompts:
     def render(self, alias: str, biz: Mapping[str, Any] | None) -> str:
         try:
             return self._templates[alias].render(biz=dict(biz or {})).strip()
-        except (TemplateError, TypeError, ValueError, ArithmeticError) as e:
+        except (TemplateError, TypeError, ValueError, ArithmeticError, RecursionError) as e:
             # The operator's template met this call's data and could not cope: the request's
             # biz_params are the variable part, so the caller gets a 400 naming the alias.
             raise InvalidRequest(
@@ -117,7 +117,13 @@ class PromptBuilder:
         self, dialog: Sequence[Turn], texts: list[Sequence[int]], chosen: list[int]
     ) -> list[int]:
         messages = [{"role": dialog[i][0], "content": f"\x1f{self._nonce}:{i}\x1f"} for i in chosen]
-        rendered = self._encoder.render(messages)
+        try:
+            rendered = self._encoder.render(messages)
+        except TemplateError as e:
+            # The checkpoint's chat template refused this dialog (`raise_exception`, e.g.
+            # roles that do not alternate): the dialog is the caller's part, so a 400.
+            why = str(e)[:200]
+            raise InvalidRequest(f"the model's chat template refused this dialog: {why}") from None
         ids: list[int] = []
         parts = self._split.split(rendered)
         # split() alternates: template text, message index, template text, ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -28,7 +29,12 @@ from server.errors import InvalidRequest, UnsupportedFeature
 MAX_MESSAGES = 4096
 MAX_ID_CHARS = 256
 MAX_BIZ_PARAMS_BYTES = 16_384
+MAX_BIZ_VALUE_CHARS = 1024  # one biz_params string: a name, a city, an order summary
+MAX_BIZ_DEPTH = 8  # nesting of biz_params: templates read `biz.a.b`, not deep trees
 MAX_STOP = 16
+# Control characters (newlines included) in a biz_params string become one space: values are
+# data inside the operator's system prompt and may not start lines or sections of their own.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def _number(v: Any) -> Any:
@@ -161,14 +167,17 @@ class ChatRequest(BaseModel):
     @field_validator("biz_params")
     @classmethod
     def _biz_size(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None:
-            try:
-                size = len(json.dumps(v, ensure_ascii=False).encode("utf-8"))
-            except UnicodeEncodeError:
-                raise ValueError("contains an unpaired surrogate") from None
-            if size > MAX_BIZ_PARAMS_BYTES:
-                raise ValueError(f"larger than {MAX_BIZ_PARAMS_BYTES} bytes")
-        return v
+        if v is None:
+            return None
+        try:
+            size = len(json.dumps(v, ensure_ascii=False).encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError("contains an unpaired surrogate") from None
+        if size > MAX_BIZ_PARAMS_BYTES:
+            raise ValueError(f"larger than {MAX_BIZ_PARAMS_BYTES} bytes")
+        cleaned = _biz_value(v, 1)
+        assert isinstance(cleaned, dict)
+        return cleaned
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -177,6 +186,21 @@ class ChatRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+
+def _biz_value(v: Any, depth: int) -> Any:
+    """biz_params, bounded and cleaned: nesting depth, string length, control characters."""
+    if depth > MAX_BIZ_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_BIZ_DEPTH} levels")
+    if isinstance(v, str):
+        if len(v) > MAX_BIZ_VALUE_CHARS:
+            raise ValueError(f"has a string longer than {MAX_BIZ_VALUE_CHARS} characters")
+        return _CONTROL.sub(" ", v)
+    if isinstance(v, dict):
+        return {_biz_value(k, depth): _biz_value(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_biz_value(x, depth + 1) for x in v]
+    return v
 
 
 # Fields we cannot honour: refused by name with a 400 rather than silently ignored.

@@ -46,6 +46,31 @@ class ServerSettings(_Section):
     max_header_bytes: int = Field(
         16_384, ge=1024, description="Largest request head accepted by the HTTP parser."
     )
+    head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Deadline for receiving a request's whole head (request line and headers), "
+        "from its first byte or from the connection's opening: a slow sender (slowloris) is "
+        "closed then.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline for receiving a request's whole body after its head."
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Open connections one front-end process holds; one more is answered 503 "
+        "and closed at once.",
+    )
+    admin_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this port (same host) instead of the main port, for a "
+        "scraper on an internal network; the main port then answers 404 on /metrics. "
+        "/health and /ready are on both.",
+    )
+    docs: bool = Field(False, description="Serve the OpenAPI schema (/openapi.json, /redoc).")
     workers: int = Field(
         1,
         ge=1,
@@ -60,6 +85,12 @@ class ServerSettings(_Section):
     def _ping_needs_sse_starlette(self) -> ServerSettings:
         if self.sse_ping_s > 0 and self.sse != "sse-starlette":
             raise ValueError("server.sse_ping_s needs server.sse: sse-starlette")
+        return self
+
+    @model_validator(mode="after")
+    def _admin_port_is_another_port(self) -> ServerSettings:
+        if self.admin_port == self.port:
+            raise ValueError("server.admin_port must differ from server.port")
         return self
 
 
@@ -170,6 +201,13 @@ class ShutdownSettings(_Section):
 class ReadinessSettings(_Section):
     stall_s: float = Field(
         15.0, gt=0, description="/ready turns 503 when requests run but no token came for this."
+    )
+    hung_exit_after: int = Field(
+        4,
+        ge=0,
+        description="Still no token after this many stall_s: the engine is hung; end the open "
+        "turns with the fallback and exit 6 so that the supervisor restarts the server. "
+        "0: never.",
     )
 
 

@@ -8,12 +8,15 @@ copies of the Rust tokenizer: one that parses special tokens (template parts) an
 Every turn of a call resends the whole dialog, so encodings are cached: a turn tokenizes only
 what is new (measured with the test checkpoint, a 121-message dialog: 12.6 ms uncached, see
 `benchmarks/README.md`). The template's own pieces repeat in every prompt and are cached too.
+Both caches are bounded by the bytes they hold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from functools import lru_cache
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -30,8 +33,8 @@ class ChatTokenizer:
         self._special.encode_special_tokens = False
         self._plain = Tokenizer.from_str(backend.to_str())
         self._plain.encode_special_tokens = True
-        self._template_ids = _cached(self._special, TEMPLATE_CACHE)
-        self._text_ids = _cached(self._plain, TEXT_CACHE)
+        self._template_ids = _ByteBoundedCache(self._special, TEMPLATE_CACHE_BYTES)
+        self._text_ids = _ByteBoundedCache(self._plain, TEXT_CACHE_BYTES)
 
     @classmethod
     def load(cls, model: str, *, trust_remote_code: bool, enable_thinking: bool) -> ChatTokenizer:
@@ -59,20 +62,43 @@ class ChatTokenizer:
         return tuple(vocab[t] for t in tokens if t in vocab)
 
 
-TEMPLATE_CACHE = 1024  # distinct template pieces: a handful per role
-TEXT_CACHE = 32768  # message texts: the histories of the calls in flight
+TEMPLATE_CACHE_BYTES = 8 * 2**20  # distinct template pieces: a handful per role
+TEXT_CACHE_BYTES = 128 * 2**20  # message texts: the histories of the calls in flight
 CACHE_MAX_CHARS = 4096  # longer texts are rare; encoding them again is cheaper than the memory
 
 
-def _cached(tokenizer: Tokenizer, size: int) -> Callable[[str], Sequence[int]]:
-    @lru_cache(maxsize=size)
-    def encode_short(text: str) -> tuple[int, ...]:
-        return tuple(tokenizer.encode(text, add_special_tokens=False).ids)
+def _cost(text: str, ids: tuple[int, ...]) -> int:
+    """About what one entry holds in memory: the string, the tuple and its int objects."""
+    return sys.getsizeof(text) + sys.getsizeof(ids) + 32 * len(ids)
 
-    def encode(text: str) -> Sequence[int]:
+
+class _ByteBoundedCache:
+    """Least-recently-used, bounded by the bytes its entries hold rather than their number
+    (by number, 32768 entries of up to 4096 characters could hold gigabytes). Thread-safe:
+    large requests are planned off the event loop."""
+
+    def __init__(self, tokenizer: Tokenizer, max_bytes: int) -> None:
+        self._tokenizer = tokenizer
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> Sequence[int]:
         if len(text) > CACHE_MAX_CHARS:
-            ids: list[int] = tokenizer.encode(text, add_special_tokens=False).ids
+            ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
             return ids
-        return encode_short(text)
-
-    return encode
+        with self._lock:
+            hit = self._entries.get(text)
+            if hit is not None:
+                self._entries.move_to_end(text)
+                return hit
+        encoded = tuple(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        with self._lock:
+            if text not in self._entries:
+                self._entries[text] = encoded
+                self.bytes += _cost(text, encoded)
+                while self.bytes > self._max_bytes:
+                    old_text, old_ids = self._entries.popitem(last=False)
+                    self.bytes -= _cost(old_text, old_ids)
+        return encoded

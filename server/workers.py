@@ -10,7 +10,8 @@ evenly over the workers' sockets.
 
 What stays one thing to the outside:
 - admission: one counter shared by every worker (`server.admission`), one limit;
-- `/metrics`: prometheus-client's multiprocess files, summed by whichever worker answers;
+- `/metrics`: prometheus-client's multiprocess files, summed by whichever worker answers (on
+  the admin port too, when there is one: each worker listens on both);
 - SIGTERM (or Ctrl-C) to the supervisor: one SIGTERM to each worker, which drains as a single
   process does; the supervisor exits 0 once they have all gone;
 - engine death: the supervisor sees it (the core is its child) and tells every worker
@@ -46,6 +47,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from server.admission import Admission
 from server.engine import Engine, SharedCore
 from server.lifecycle import EXIT_ENGINE_DEAD, EXIT_LOAD_FAILED
+from server.process import listeners
 from server.settings import Settings
 
 log = logging.getLogger("callgate")
@@ -75,22 +77,6 @@ class WorkerPayload:
     connected: Synchronized[int]  # workers whose engine client is up (start-up watchdog)
 
 
-def listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """`count` sockets on one address, one per worker, with `SO_REUSEPORT`: the kernel hashes
-    each new connection to one of them, and a worker that dies takes its socket with it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    socks: list[socket.socket] = []
-    for _ in range(count):
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        port = sock.getsockname()[1]  # port 0: the others join the one the first was given
-        sock.listen(2048)
-        socks.append(sock)
-    return socks
-
-
 async def _connect(
     client: dict[str, Any], connected: Synchronized[int], settings: Settings
 ) -> Engine:
@@ -102,7 +88,7 @@ async def _connect(
 
 def worker_main(
     listen_address: str,
-    sockets: list[socket.socket],
+    sockets: list[list[socket.socket]],
     payload: WorkerPayload,
     client: dict[str, Any],
 ) -> None:
@@ -112,9 +98,10 @@ def worker_main(
     from server.process import serve
 
     index = int(client["client_index"])
-    for i, sock in enumerate(sockets):
+    for i, group in enumerate(sockets):
         if i != index:
-            sock.close()  # only the worker that accepts on a socket may hold it open
+            for sock in group:
+                sock.close()  # only the worker that accepts on a socket may hold it open
     settings = payload.settings
     setup_logging(settings.server.log_format, settings.server.log_level)
     log.info("front-end worker %d (pid %d) serving %s", index, os.getpid(), listen_address)
@@ -276,8 +263,8 @@ def supervise(settings: Settings, codes: list[str]) -> int:
 
 def _run_once(settings: Settings, codes: list[str], sup: Supervisor, host: str, port: int) -> int:
     n = settings.server.workers
-    socks = listen_sockets(host, port, n)
-    port = socks[0].getsockname()[1]
+    socks = listeners(settings.server, n)
+    port = socks[0][0].getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     connected: Synchronized[int] = ctx.Value("i", 0)
     payload = WorkerPayload(settings, codes, ctx.Value("i", 0), connected)
@@ -297,7 +284,7 @@ def _run_once(settings: Settings, codes: list[str], sup: Supervisor, host: str, 
         sup._signal_workers(signal.SIGKILL)
         return 0 if sup.stopping else EXIT_LOAD_FAILED
     finally:
-        for sock in socks:
+        for sock in (s for group in socks for s in group):
             sock.close()  # each worker holds its own; none may outlive its worker here
     try:
         return sup.watch(core, connected)

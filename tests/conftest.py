@@ -6,7 +6,8 @@ the gateway sees, and it keeps the engine's spawned core process out of pytest. 
 costs about 30 s on this machine, so everything that can share one server uses the session
 `server`; tests that need other settings use `start_server(env=..., config=...)`.
 
-Public fixtures: `tiny_model_dir`, `start_server`, `server`, `api`, `make_api`, `chat_body`.
+Public fixtures: `tiny_model_dir`, `start_server`, `server`, `guarded_server`, `api`, `make_api`,
+`chat_body`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tests.tiny_checkpoint import build
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
-AUTH_CODE = "test-code"
+AUTH_CODE = "test-code-0123456789"
 READY_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 30.0
 
@@ -68,6 +69,11 @@ class ServerHandle:
     def log_text(self) -> str:
         """The server's combined stdout and stderr so far."""
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def admin_url(self) -> str:
+        """Where `/metrics` is served when the server has an admin port."""
+        return f"http://127.0.0.1:{self.env['CALLGATE_SERVER__ADMIN_PORT']}"
 
 
 def _server_env(extra: dict[str, str]) -> dict[str, str]:
@@ -202,6 +208,23 @@ def server(
     """The shared callgate server on `tests/tiny.yaml`. Tests must not change its state."""
     with launch_server(tiny_model_dir, tmp_path_factory.mktemp("server-logs")) as handle:
         yield handle
+
+
+# The guarded server's connection limits: short, so that the attacks on it take seconds.
+GUARDED = {"head_timeout_s": 2.0, "body_timeout_s": 3.0, "max_connections": 24}
+
+
+@pytest.fixture(scope="session")
+def guarded_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerHandle]:
+    """A server of its own for the connection-level attacks (`GUARDED` limits) and the admin
+    port (`handle.admin_url`): its connection cap must not refuse other modules' calls."""
+    env = {f"CALLGATE_SERVER__{k.upper()}": str(v) for k, v in GUARDED.items()}
+    env["CALLGATE_SERVER__ADMIN_PORT"] = str(_free_port())
+    env["CALLGATE_SAMPLING__MAX_TOKENS"] = "1000"  # streams long enough to watch for pauses
+    with launch_server(tiny_model_dir, tmp_path_factory.mktemp("server-logs"), env=env) as h:
+        yield h
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -20,7 +20,8 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ CALLGATE_METRICS = {
 PROMETHEUS_SYNTHETIC = {"up"}  # series Prometheus itself writes for every scrape target
 CONFIG_PATH_IN_IMAGE = "/etc/callgate/gpu.yaml"
 HANDLER_PATHS = {"/", "/chat/completions", "/v1/chat/completions"}
+# Never for the internet: what a public proxy must not pass to the server.
+INTERNAL_PATHS = ("/metrics", "/openapi.json", "/redoc", "/docs", "/health", "/ready")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -75,11 +78,14 @@ def need_module(name: str) -> Any:
         pytest.skip(message)
 
 
-def run(*cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *cmd: str, env: dict[str, str] | None = None, unset: Iterable[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k not in set(unset)}
     proc = subprocess.run(
         cmd,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**full_env, **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -121,6 +127,63 @@ def interpolate(text: str, env: dict[str, str]) -> str:
         return env[name]
 
     return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", sub, text)
+
+
+def published_port(port: str | dict[str, Any]) -> tuple[str, str, str]:
+    """(host address, published port, container port) of a compose `ports` entry, in short or
+    long syntax (docker-compose config prints either); host address "" means every interface."""
+    if isinstance(port, dict):
+        host = str(port.get("host_ip", ""))
+        return host, str(port.get("published", "")), str(port["target"])
+    parts = str(port).split("/")[0].rsplit(":", 2)
+    host, published, target = ["", "", *parts][-3:]
+    return host, published, target
+
+
+@dataclass
+class Directive:
+    """One Caddyfile line (its tokens) and, when it opens a block, the lines inside."""
+
+    tokens: list[str]
+    body: list[Directive] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.tokens[0]
+
+    def walk(self) -> Iterator[Directive]:
+        for d in self.body:
+            yield d
+            yield from d.walk()
+
+
+def caddyfile(path: Path) -> list[Directive]:
+    """The Caddyfile as a tree of directives (comments dropped; one directive per line)."""
+    root = Directive([])
+    stack = [root]
+    for raw in path.read_text().splitlines():
+        line = re.sub(r"(^|\s)#.*", "", raw).strip()
+        if not line:
+            continue
+        if line == "}":
+            stack.pop()
+            assert stack, f"unbalanced braces in {path}"
+            continue
+        tokens = line.split()
+        opens = tokens[-1] == "{"
+        directive = Directive(tokens[:-1] if opens else tokens)
+        stack[-1].body.append(directive)
+        if opens:
+            stack.append(directive)
+    assert len(stack) == 1, f"unclosed block in {path}"
+    return root.body
+
+
+def caddy_size(value: str) -> int:
+    m = re.fullmatch(r"(\d+)(B|KB|KiB|MB|MiB)?", value)
+    assert m, value
+    units = {None: 1, "B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20}
+    return int(m.group(1)) * units[m.group(2)]
 
 
 # --------------------------------------------------------------------------- shared data
@@ -397,6 +460,49 @@ def test_compose_monitoring_binds_to_localhost(compose: dict[str, Any]) -> None:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port}"
 
 
+@pytest.mark.parametrize("env_file", ["defaults", ".env.example"])
+def test_compose_publishes_only_caddy_beyond_loopback(env_file: str, tmp_path: Path) -> None:
+    """As docker-compose resolves it: with no variable set but the required ones (defaults) and
+    with .env.example, the server's plain HTTP is on the host's loopback only, the admin port
+    (/metrics) is published nowhere, and only Caddy's 80/443 face the network."""
+    tool = need_tool("docker-compose")
+    text = (ROOT / "docker-compose.yml").read_text()
+    variables = set(re.findall(r"\$\{(\w+)", text))
+    if env_file == "defaults":
+        path = tmp_path / "required.env"
+        required = sorted(set(re.findall(r"\$\{(\w+):\?", text)))
+        path.write_text("".join(f"{name}=set-for-the-test\n" for name in required))
+    else:
+        path = ROOT / env_file
+    out = run(tool, "--env-file", str(path), "--profile", "https", "config", unset=variables).stdout
+    services = yaml.safe_load(out)["services"]
+    admin_port = str(
+        yaml.safe_load((ROOT / "configs" / "gpu.yaml").read_text())["server"]["admin_port"]
+    )
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            host, published, target = published_port(port)
+            assert admin_port not in (published, target), f"{name} publishes the admin port"
+            if name == "caddy":
+                assert target in {"80", "443"}, port
+            else:
+                assert host == "127.0.0.1", f"{name} publishes {port} beyond loopback"
+    assert [published_port(p) for p in services["server"]["ports"]] == [
+        ("127.0.0.1", "8000", "8000")
+    ]
+
+
+def test_compose_services_drop_privileges(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("cap_drop") == ["ALL"], name
+        # Caddy binds 80 and 443; nothing else gets a capability back.
+        allowed = {"NET_BIND_SERVICE"} if name == "caddy" else set()
+        assert set(service.get("cap_add", [])) <= allowed, name
+    for name in ("prometheus", "grafana", "caddy"):
+        assert compose["services"][name].get("mem_limit"), f"{name} has no memory limit"
+
+
 def test_compose_every_service_restarts_and_mounts_existing_files(
     compose: dict[str, Any],
 ) -> None:
@@ -438,9 +544,15 @@ def test_prometheus_scrapes_the_compose_server(
     (target,) = job["static_configs"][0]["targets"]
     host, port = target.split(":")
     assert host in compose["services"]
-    assert int(port) == gpu_config["server"]["port"]
-    published = compose["services"][host]["ports"][0]
-    assert published.endswith(f":{port}"), published
+    # /metrics lives only on the admin port, reached over the compose network, never published.
+    admin_port = gpu_config["server"]["admin_port"]
+    assert int(port) == admin_port != gpu_config["server"]["port"]
+    assert all(
+        str(admin_port) not in published_port(p)[1:]
+        for service in compose["services"].values()
+        for p in service.get("ports", [])
+    )
+    assert str(admin_port) not in " ".join(dockerfile("EXPOSE")), "docker run -P would publish it"
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert (
         "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
@@ -533,7 +645,101 @@ def test_caddy_streams_unbuffered_to_the_server(
     dump = json.dumps(adapted)
     assert env["CALLGATE_DOMAIN"] in dump
     assert '"flush_interval": -1' in dump and '"dial": "server:8000"' in dump
+    # Caddy's own reading: every proxy handler is reached only through POST on the handler paths.
+    proxied = list(caddy_proxy_matchers(adapted["apps"]["http"]["servers"]))
+    assert proxied
+    for matchers in proxied:
+        assert {"method": ["POST"], "path": sorted(HANDLER_PATHS)} in [
+            {k: sorted(v) for k, v in m.items()} for m in matchers
+        ], matchers
     run(caddy, "validate", "--config", "deploy/Caddyfile", "--adapter", "caddyfile", env=env)
+
+
+def caddy_proxy_matchers(
+    node: Any, matchers: tuple[dict[str, Any], ...] = ()
+) -> Iterator[tuple[dict[str, Any], ...]]:
+    """For each reverse_proxy handler in Caddy's JSON config: the matcher sets of the routes
+    that enclose it (each set must match for a request to get there)."""
+    if isinstance(node, dict):
+        if "handle" in node:  # a route
+            own = tuple(m for m in node.get("match", []) if "host" not in m)
+            for handler in node["handle"]:
+                if handler.get("handler") == "reverse_proxy":
+                    yield matchers + own
+                yield from caddy_proxy_matchers(handler, matchers + own)
+        else:
+            for value in node.values():
+                yield from caddy_proxy_matchers(value, matchers)
+    elif isinstance(node, list):
+        for value in node:
+            yield from caddy_proxy_matchers(value, matchers)
+
+
+def caddy_site() -> Directive:
+    tree = caddyfile(DEPLOY / "Caddyfile")
+    (site,) = [d for d in tree if d.tokens == ["{$CALLGATE_DOMAIN}"]]
+    return site
+
+
+def caddy_matcher(site: Directive, name: str) -> dict[str, list[str]]:
+    """A named matcher `@name` of the site as {matcher type: arguments}."""
+    (definition,) = [d for d in site.body if d.name == name]
+    lines = definition.body or [Directive(definition.tokens[1:])]
+    return {d.name: d.tokens[1:] for d in lines}
+
+
+def test_caddy_passes_only_the_protocol_to_the_server() -> None:
+    """Only POST on the three handler paths reaches server:8000 (as the k8s HTTPRoute routes);
+    /metrics, /openapi.json, probes and everything else get 404 from Caddy."""
+    site = caddy_site()
+    proxies = [d for d in site.walk() if d.name == "reverse_proxy"]
+    handles = [d for d in site.body if d.name == "handle"]
+    routed = [h for h in handles if any(d.name == "reverse_proxy" for d in h.body)]
+    assert proxies and len(proxies) == len(routed), "reverse_proxy only directly in a handle"
+    for handle in routed:
+        assert len(handle.tokens) == 2 and handle.tokens[1].startswith("@"), handle.tokens
+        matcher = caddy_matcher(site, handle.tokens[1])
+        assert set(matcher) == {"method", "path"}, matcher
+        assert matcher["method"] == ["POST"]
+        assert set(matcher["path"]) == HANDLER_PATHS, "exact paths, no wildcards"
+        assert not set(INTERNAL_PATHS) & set(matcher["path"])
+        (proxy,) = [d for d in handle.body if d.name == "reverse_proxy"]
+        assert proxy.tokens == ["reverse_proxy", "server:8000"]
+    # The rest: one catch-all handle that answers 404, and nothing else that serves content.
+    (fallback,) = [h for h in handles if h.tokens == ["handle"]]
+    assert [d.tokens for d in fallback.body] in (
+        [["respond", "404"]],
+        [["error", "404"]],
+    ), fallback
+    for d in site.body:
+        assert d.name in {"handle", "log"} or d.name.startswith("@"), d.tokens
+
+
+def test_caddy_limits_match_the_server() -> None:
+    from server.settings import load_settings
+
+    server = load_settings(ROOT / "configs" / "gpu.yaml").server
+    site = caddy_site()
+    (handle,) = [
+        h
+        for h in site.body
+        if h.name == "handle" and any(d.name == "reverse_proxy" for d in h.body)
+    ]
+    (body,) = [d for d in handle.body if d.name == "request_body"]
+    (max_size,) = [d.tokens[1] for d in body.body if d.name == "max_size"]
+    assert caddy_size(max_size) == server.max_body_bytes
+    assert [d.name for d in handle.body].index("request_body") < [
+        d.name for d in handle.body
+    ].index("reverse_proxy")
+    (options,) = [d for d in caddyfile(DEPLOY / "Caddyfile") if d.tokens == []]
+    (servers,) = [d for d in options.body if d.name == "servers"]
+    (timeouts,) = [d for d in servers.body if d.name == "timeouts"]
+    limits = {d.name: d.tokens[1] for d in timeouts.body}
+    assert seconds(limits["read_header"]) == server.head_timeout_s
+    # A whole-request read deadline would keep running while the reply streams.
+    assert "read_body" not in limits
+    (header_size,) = [d.tokens[1] for d in servers.body if d.name == "max_header_size"]
+    assert caddy_size(header_size) == server.max_header_bytes
 
 
 # --------------------------------------------------------------------------- configs/gpu.yaml
@@ -698,7 +904,102 @@ def test_k8s_probes_and_ports(k8s: list[dict[str, Any]], gpu_config: dict[str, A
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "slow model loads"
     (svc_port,) = one(k8s, "Service", "callgate")["spec"]["ports"]
     assert port_number(c, svc_port["targetPort"]) == port
-    assert one(k8s, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+
+
+def test_k8s_metrics_are_scraped_on_the_admin_port(
+    k8s: list[dict[str, Any]], gpu_config: dict[str, Any]
+) -> None:
+    """/metrics is served only on server.admin_port: the PodMonitor, the annotation and the
+    endpoint picker must all scrape that port, and the Service must not expose it."""
+    dep = server_deployment(k8s)
+    c = container(dep)
+    admin = gpu_config["server"]["admin_port"]
+    assert admin != gpu_config["server"]["port"]
+    assert port_number(c, "admin") == admin
+    (endpoint,) = one(k8s, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "admin" and endpoint.get("path", "/metrics") == "/metrics"
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(admin)
+    for svc_port in one(k8s, "Service", "callgate")["spec"]["ports"]:
+        assert port_number(c, svc_port["targetPort"]) != admin, "metrics stay on the pod"
+    args = container(one(k8s, "Deployment", "callgate-epp"))["args"]
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert int(flags["--model-server-metrics-port"]) == admin
+    assert flags.get("--model-server-metrics-path", "/metrics") == "/metrics"
+
+
+def test_k8s_network_policy_admits_only_the_named_peers(
+    k8s: list[dict[str, Any]], gpu_config: dict[str, Any]
+) -> None:
+    dep = server_deployment(k8s)
+    c = container(dep)
+    policy = one(k8s, "NetworkPolicy")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], pod_labels(dep))
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+
+    peers: dict[int, list[dict[str, Any]]] = {}
+    for rule in policy["ingress"]:
+        # A rule without `from` admits every source, one without `ports` every port.
+        assert rule.get("from") and rule.get("ports"), rule
+        for port in rule["ports"]:
+            assert port.get("protocol", "TCP") == "TCP"
+            peers.setdefault(port_number(c, port["port"]), []).extend(rule["from"])
+    main, admin = gpu_config["server"]["port"], gpu_config["server"]["admin_port"]
+    assert set(peers) == {main, admin}
+
+    # The protocol: only the proxies of the Gateway in gateway.yaml (the in-cluster Gateway
+    # implementations' label), in this namespace.
+    gateway = one(k8s, "Gateway")["metadata"]["name"]
+    assert peers[main] == [
+        {"podSelector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": gateway}}}
+    ]
+
+    # Metrics: the endpoint picker (this namespace) and Prometheus (its namespace, as KEDA
+    # queries it), nobody else.
+    epp = one(k8s, "Deployment", "callgate-epp")
+    (picker,) = [p for p in peers[admin] if "namespaceSelector" not in p]
+    assert set(picker) == {"podSelector"}
+    assert selects(picker["podSelector"]["matchLabels"], pod_labels(epp))
+    assert not selects(picker["podSelector"]["matchLabels"], pod_labels(dep))
+    (prometheus,) = [p for p in peers[admin] if "namespaceSelector" in p]
+    assert set(prometheus) == {"namespaceSelector", "podSelector"}, "both must hold (AND)"
+    address = one(k8s, "ScaledObject")["spec"]["triggers"][0]["metadata"]["serverAddress"]
+    host = re.sub(r"^https?://", "", address).split(":")[0]
+    assert prometheus["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": host.split(".")[1]
+    }
+    assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert len(peers[admin]) == 2
+
+    # Out: DNS and HTTPS (the hub download) only.
+    out = set()
+    for rule in policy["egress"]:
+        assert rule.get("ports"), "an egress rule without ports opens every port"
+        out |= {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
+    assert out == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
+
+
+def test_k8s_server_pod_is_locked_down(k8s: list[dict[str, Any]]) -> None:
+    dep = server_deployment(k8s)
+    spec = dep["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    c = container(dep)
+    security = c["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    # Whatever the image writes to must be a writable volume: the caches named in the
+    # Dockerfile's ENV, HOME (~/.cache, ~/.config, ~/.triton, ~/.nv), /tmp and /dev/shm.
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    writable = [m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")]
+    for path in writable:
+        (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == path]
+        assert {"emptyDir", "persistentVolumeClaim"} & volumes[mount["name"]].keys(), path
+    env = dockerfile_env()
+    needed = {"/tmp", "/dev/shm", env["HOME"]} | {
+        env[var] for var in ("HF_HOME", "VLLM_CACHE_ROOT", "XDG_CACHE_HOME", "TRITON_CACHE_DIR")
+    }
+    for path in needed:
+        assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in writable), path
 
 
 def test_k8s_shutdown_fits_the_drain(k8s: list[dict[str, Any]], gpu_config: dict[str, Any]) -> None:

@@ -131,7 +131,7 @@ def test_non_ascii_authorization_bytes_are_401(server):
     ids=["authorization-over-limit", "many-headers", "one-huge-header"],
 )
 def test_oversized_request_head_is_refused_at_the_parser(server, api, extra):
-    # The HTTP parser answers 400 (text, from uvicorn) and closes: the app never sees it.
+    # The protocol answers 431 (text, server/connections.py) and closes: the app never sees it.
     head = request_head(server, auth=server.auth, length=2, extra=extra)
     with socket.create_connection(address(server)) as sock:
         # Closed while we were still writing the head: refused, which is the point.

@@ -102,3 +102,24 @@ def test_a_long_last_message_that_still_fits_keeps_less_room(tok: ChatTokenizer)
     builder = PromptBuilder(tok, max_model_len=128, reserve=64)
     prompt = builder.build([("user", "earlier"), ("user", "word " * 30)])
     assert 64 < len(prompt.token_ids) < 128
+
+
+class _RefusingTemplate:
+    """A chat template that calls `raise_exception`, as many do for dialogs they refuse."""
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        from jinja2 import TemplateError
+
+        raise TemplateError("Conversation roles must alternate user/assistant/user/assistant")
+
+    def encode_template(self, text: str) -> list[int]:
+        return [1]
+
+    def encode_text(self, text: str) -> list[int]:
+        return [2]
+
+
+def test_a_chat_template_that_refuses_the_dialog_is_a_400() -> None:
+    builder = PromptBuilder(_RefusingTemplate(), 64, reserve=8)
+    with pytest.raises(InvalidRequest, match="chat template refused this dialog: Conversation"):
+        builder.build([("user", "hi"), ("user", "again")])

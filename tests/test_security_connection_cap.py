@@ -1,0 +1,50 @@
+"""The connection cap (issue 12, finding 2): one process holds at most `server.max_connections`
+open connections; the next is answered 503 and closed at once, and the server recovers as soon
+as connections close. On the guarded server (GUARDED: 24 connections, head deadline 2 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import time
+
+import httpx
+
+from tests.conftest import GUARDED
+from tests.reliability_helpers import address, wait_for
+
+EXTRA = 8
+
+
+def test_connections_past_the_cap_get_503_and_the_server_recovers(guarded_server, chat_body):
+    cap = GUARDED["max_connections"]
+    socks = [socket.create_connection(address(guarded_server)) for _ in range(cap + EXTRA)]
+    try:
+        time.sleep(0.5)  # well inside the head deadline: nobody has been closed for slowness
+        refused = []
+        for sock in socks:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                refused.append(sock.recv(65536))
+        assert len(refused) >= EXTRA - 1, f"{len(refused)} of {cap + EXTRA} refused"
+        assert len(socks) - len(refused) <= cap
+        for answer in refused:
+            assert answer.startswith(b"HTTP/1.1 503 "), answer[:80]
+            assert b"too many connections" in answer
+    finally:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def served() -> bool:
+        with httpx.Client(timeout=30.0) as client:
+            r = client.post(
+                guarded_server.url + "/",
+                json=chat_body(max_tokens=2),
+                headers={"Authorization": guarded_server.auth},
+            )
+        return r.status_code == 200
+
+    assert wait_for(served, timeout_s=10.0, interval_s=0.5)
