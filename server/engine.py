@@ -171,7 +171,9 @@ class Engine:
         threading.Thread(target=client.shutdown, name="engine-core-lost", daemon=True).start()
 
     def num_unfinished(self) -> int:
-        return int(self._llm.get_num_unfinished_requests())
+        # The output processor's count: `AsyncLLM.get_num_unfinished_requests` is 0.32 only.
+        processor: Any = self._llm.output_processor
+        return int(processor.get_num_unfinished_requests())
 
     def check_admission(self) -> None:
         """vLLM's own queue limits (if configured), refused before the response starts."""

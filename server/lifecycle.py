@@ -29,6 +29,7 @@ WATCH_INTERVAL_S = 0.5
 EXIT_ENGINE_DEAD = 3
 EXIT_LOAD_FAILED = 4
 EXIT_ENGINE_HUNG = 6  # (5 is a dead front-end worker, server/workers.py)
+EXIT_INTERNAL = 7  # a background task (loader, watchdog) failed: without it nobody watches
 
 
 async def start_engine(settings: Settings) -> Engine:
@@ -204,4 +205,14 @@ class Runtime:
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        # The loader and the watchdog must not die quietly: a server whose engine nobody
+        # watches would answer with the fallback forever. Exit so the supervisor restarts it.
+        log.critical("internal error; exiting", exc_info=task.exception())
+        self.state = "dead"
+        self._exit(EXIT_INTERNAL)

@@ -75,6 +75,12 @@ class ServerHandle:
         """Where `/metrics` is served when the server has an admin port."""
         return f"http://127.0.0.1:{self.env['CALLGATE_SERVER__ADMIN_PORT']}"
 
+    @property
+    def metrics_url(self) -> str:
+        """`/metrics`: on the admin port when there is one, else on the main port."""
+        has_admin = "CALLGATE_SERVER__ADMIN_PORT" in self.env
+        return f"{self.admin_url if has_admin else self.url}/metrics"
+
 
 def _server_env(extra: dict[str, str]) -> dict[str, str]:
     """The parent's environment minus any CALLGATE_* setting, plus the test defaults."""
@@ -302,7 +308,7 @@ class Api:
 
     def metrics_text(self) -> str:
         """The Prometheus exposition of `GET /metrics`."""
-        response = self.client.get(f"{self.handle.url}/metrics", headers=self.headers())
+        response = self.client.get(self.handle.metrics_url, headers=self.headers())
         assert response.status_code == 200, response.text
         return response.text
 

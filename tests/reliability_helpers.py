@@ -69,16 +69,14 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def scrape(handle: ServerHandle) -> str:
-    response = httpx.get(
-        f"{handle.url}/metrics", headers={"Authorization": handle.auth}, timeout=30.0
-    )
+    response = httpx.get(handle.metrics_url, headers={"Authorization": handle.auth}, timeout=30.0)
     assert response.status_code == 200, response.text
     return response.text
 
 
 async def scrape_async(handle: ServerHandle, client: httpx.AsyncClient) -> str:
     """`scrape` for code running on an event loop: no thread, so no fight for the GIL."""
-    response = await client.get(f"{handle.url}/metrics", headers={"Authorization": handle.auth})
+    response = await client.get(handle.metrics_url, headers={"Authorization": handle.auth})
     assert response.status_code == 200, response.text
     return response.text
 

@@ -21,6 +21,7 @@ import httpx
 import psutil
 import pytest
 
+from benchmarks.servers import free_port
 from tests.reliability_helpers import (
     ENGINE_EXIT_S,
     FALLBACK,
@@ -49,6 +50,8 @@ MAX_IN_FLIGHT = 3
 LONG = 1500  # output tokens: a turn that outlasts every step of a test here
 ENV = {
     "CALLGATE_SERVER__WORKERS": str(WORKERS),
+    # As configs/gpu.yaml ships it: /metrics only on the admin port, which every worker serves.
+    "CALLGATE_SERVER__ADMIN_PORT": str(free_port()),
     "CALLGATE_LIMITS__MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
     "CALLGATE_SAMPLING__MAX_TOKENS": str(LONG),
 }
@@ -101,6 +104,14 @@ def test_info_gauge_says_what_runs(two):
     assert sorted(_worker_pids(two)) == list(range(WORKERS))
 
 
+def test_metrics_only_on_the_admin_port_whichever_worker_answers(two):
+    for _ in range(6):  # fresh connections: both workers answer
+        with httpx.Client(timeout=30.0) as client:
+            assert client.get(f"{two.url}/metrics").status_code == 404
+            assert client.get(two.metrics_url).status_code == 200
+    assert two.metrics_url.startswith(two.admin_url)
+
+
 def test_streams_are_well_formed_and_spread_over_every_worker(two, idle):
     mark = len(two.log_text())
     responses = _fresh_connection_turns(two, 24)
@@ -139,7 +150,7 @@ def test_exemplars_survive_several_workers(two, idle):
     for _ in range(6):
         with httpx.Client(timeout=30.0) as client:
             text = client.get(
-                f"{two.url}/metrics", headers={"Accept": "application/openmetrics-text"}
+                two.metrics_url, headers={"Accept": "application/openmetrics-text"}
             ).text
         seen |= set(re.findall(r'# \{session_id="(workers-\d+)"\}', text))
     assert seen, "no TTFT exemplar in the OpenMetrics exposition"
