@@ -12,11 +12,12 @@ import secrets
 import sys
 
 from server.auth import code_problem, is_loopback
+from server.exits import EXIT_LOAD_FAILED, EXIT_REFUSED
 from server.logs import setup_logging
+from server.model_source import Unavailable, resolve
 from server.settings import Settings, load_settings
 
 log = logging.getLogger("callgate")
-EXIT_REFUSED = 2  # a setting the server will not run with (as argparse's usage errors)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +51,8 @@ class Refused(Exception):
 
 
 def auth_codes(settings: Settings) -> list[str]:
-    """The configured codes, each checked; with none, a generated one on loopback only."""
+    """The configured codes, each checked; with none, a generated one on loopback only (the
+    caller shows it)."""
     codes = [c.get_secret_value() for c in settings.auth.codes]
     for i, code in enumerate(codes, 1):
         problem = code_problem(code)
@@ -63,10 +65,7 @@ def auth_codes(settings: Settings) -> list[str]:
                 "loopback: set CALLGATE_AUTH_CODES (one generated per process would differ "
                 "between replicas and land in the container log)"
             )
-        code = "sk-" + secrets.token_urlsafe(24)
-        # Shown once, on the terminal that started the server; never logged.
-        sys.stderr.write(f"\ncallgate: no auth code configured; this run accepts: {code}\n\n")
-        codes = [code]
+        codes = ["sk-" + secrets.token_urlsafe(24)]
     return codes
 
 
@@ -81,6 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     except Refused as e:
         sys.stderr.write(f"callgate: refusing to start: {e}\n")
         return EXIT_REFUSED
+    try:
+        # An explicit --model is served or refused, never replaced by the embedded model.
+        fallback = settings.engine.offline_fallback and not args.model
+        source = resolve(settings.engine.model, offline_fallback=fallback)
+    except Unavailable as e:
+        sys.stderr.write(f"callgate: {e}\n")
+        return EXIT_LOAD_FAILED
+    if not settings.auth.codes:
+        # Shown once, on the terminal that started the server; never logged.
+        sys.stderr.write(f"\ncallgate: no auth code configured; this run accepts: {codes[0]}\n\n")
+    settings.engine.model = source.model
+    if source.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # cached, hub unreachable: no retries at load
+    if source.embedded:
+        log.warning("serving %s", source.why)
+    else:
+        log.info("serving %s", source.why)
     # Imported only now: the engine adapter loads vLLM, which is slow and talks on stderr, and
     # a refusal above should be quick and be the only line.
     if settings.server.workers > 1:

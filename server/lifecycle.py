@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable
 from server import __version__
 from server.admission import Admission
 from server.engine import VLLM_VERSION, Engine
+from server.exits import EXIT_ENGINE_DEAD, EXIT_ENGINE_HUNG, EXIT_INTERNAL, EXIT_LOAD_FAILED
 from server.gateway import Gateway
+from server.logs import one_line
 from server.metrics import Metrics
 from server.settings import Settings
 from server.tokenizer import ChatTokenizer
@@ -26,10 +28,6 @@ log = logging.getLogger("callgate")
 
 EngineFactory = Callable[[Settings], Awaitable[Engine]]
 WATCH_INTERVAL_S = 0.5
-EXIT_ENGINE_DEAD = 3
-EXIT_LOAD_FAILED = 4
-EXIT_ENGINE_HUNG = 6  # (5 is a dead front-end worker, server/workers.py)
-EXIT_INTERNAL = 7  # a background task (loader, watchdog) failed: without it nobody watches
 
 
 async def start_engine(settings: Settings) -> Engine:
@@ -73,8 +71,10 @@ class Runtime:
             )
             engine = await self._engine_factory(s)
             self.gateway = Gateway(s, engine, tokenizer, self.metrics, self._admission)
-        except Exception:
-            log.exception("engine failed to start")
+        except Exception as e:
+            # One line says why; the traceback is for the debug log (`server.log_level: debug`).
+            log.error("engine failed to start: %s", one_line(e))
+            log.debug("engine failed to start", exc_info=True)
             self._exit(EXIT_LOAD_FAILED)
             return
         if self.state == "loading":

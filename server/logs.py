@@ -65,3 +65,9 @@ def setup_logging(fmt: str, level: str) -> None:
         logger.propagate = True
     # One line per turn is ours; uvicorn's access line would be a second, less useful one.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line for an operator: its type and the first line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

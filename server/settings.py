@@ -136,6 +136,12 @@ class EngineSettings(_Section):
         "front end every N tokens: fewer, fuller chunks and less per-token work in the front "
         "end. A TTS voice waits for whole phrases anyway (vLLM's stream_interval).",
     )
+    offline_fallback: bool = Field(
+        False,
+        description="When `model` is a hub id neither cached nor reachable (and no --model "
+        "was given), serve the embedded SmolLM2-135M-Instruct instead, saying so in one line. "
+        "For a first run on a CPU (configs/cpu.yaml); a GPU deployment fails instead.",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict,
         description="Further vLLM AsyncEngineArgs passed through unchanged (load_format, ...).",

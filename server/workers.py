@@ -46,13 +46,12 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 
 from server.admission import Admission
 from server.engine import Engine, SharedCore
-from server.lifecycle import EXIT_ENGINE_DEAD, EXIT_LOAD_FAILED
+from server.exits import EXIT_ENGINE_DEAD, EXIT_LOAD_FAILED, EXIT_WORKER_DIED
 from server.process import listeners
 from server.settings import Settings
 
 log = logging.getLogger("callgate")
 
-EXIT_WORKER_DIED = 5
 # Once the engine core is up, every worker has connected within seconds. Seen here on a loaded
 # 2-core machine (vLLM 0.32, two workers, about one start in five under load): a worker's
 # client never received the core's first message, and the server stayed "loading" for good,

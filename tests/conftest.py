@@ -63,7 +63,7 @@ class ServerHandle:
     auth: str
     proc: subprocess.Popen[bytes]
     log_path: Path
-    model_dir: Path
+    model_dir: Path | None
     env: dict[str, str] = field(repr=False)
 
     def log_text(self) -> str:
@@ -125,7 +125,7 @@ def _wait_ready(handle: ServerHandle, timeout_s: float) -> None:
 
 @contextlib.contextmanager
 def launch_server(
-    model_dir: Path,
+    model_dir: Path | None,
     log_dir: Path,
     *,
     env: dict[str, str] | None = None,
@@ -134,7 +134,8 @@ def launch_server(
     wait_ready: bool = True,
     ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> Iterator[ServerHandle]:
-    """Run `python -m server` on a free port until the block exits (see `start_server`)."""
+    """Run `python -m server` on a free port until the block exits (see `start_server`).
+    Without `model_dir`, the config's `engine.model` is served, as `make run` does."""
     port = _free_port()
     full_env = _server_env(env or {})
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -145,8 +146,7 @@ def launch_server(
         "server",
         "--config",
         str(config or TINY_CONFIG),
-        "--model",
-        str(model_dir),
+        *(["--model", str(model_dir)] if model_dir is not None else []),
         "--host",
         "127.0.0.1",
         "--port",
@@ -168,7 +168,7 @@ def launch_server(
         auth=full_env["CALLGATE_AUTH_CODES"].split(",")[0].strip(),
         proc=proc,
         log_path=log_path,
-        model_dir=Path(model_dir),
+        model_dir=None if model_dir is None else Path(model_dir),
         env=full_env,
     )
     try:

@@ -10,7 +10,8 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.lifecycle import EXIT_INTERNAL, Runtime
+from server.exits import EXIT_INTERNAL
+from server.lifecycle import Runtime
 from server.metrics import Metrics
 from server.settings import Settings
 

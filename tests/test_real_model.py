@@ -1,0 +1,208 @@
+"""The real-weights tier: a first run without the model hub, and what a real instruct model does.
+
+One server, started as `make run` starts one: no `--model`, `engine.model` a hub id that is not
+cached, the hub unreachable (HF_ENDPOINT points at a closed port, HF_HOME is empty) and
+`engine.offline_fallback` on. It must say in one line that it serves the embedded
+SmolLM2-135M-Instruct and why, then answer the console's curl check. On that real checkpoint
+(converted once into the user's cache, `server/embedded.py`), greedy answers that a 135M
+instruct model gets right, the engine's own end of sequence, stop strings, `stream: false`,
+the checkpoint's generation_config defaults and the alias's system prompt with biz_params.
+
+The tiny random checkpoint (the rest of the suite) never ends a turn by itself; this one does.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server.embedded import EMBEDDED_NAME, ensure_embedded
+from tests.conftest import AUTH_CODE, REPO_ROOT, ServerHandle, launch_server
+from tests.sse import parse_chat_stream
+
+REAL_CONFIG = Path(__file__).resolve().parent / "real.yaml"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again when the block ends
+
+
+@pytest.fixture(scope="module")
+def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The user's callgate cache with the converted checkpoint (converted now if missing: the
+    same conversion `make run` does, ~30 s once; later runs reuse it)."""
+    return ensure_embedded().parent.parent
+
+
+@pytest.fixture(scope="module")
+def first_run(
+    embedded_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerHandle]:
+    env = {
+        "CALLGATE_CACHE_DIR": str(embedded_cache),
+        "HF_HOME": str(tmp_path_factory.mktemp("empty-hf-home")),
+        "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+        # conftest sets these for the tiny checkpoint; a first run on a fresh machine has none.
+        "HF_HUB_OFFLINE": "",
+        "TRANSFORMERS_OFFLINE": "",
+    }
+    with launch_server(
+        None, tmp_path_factory.mktemp("server-logs"), env=env, config=REAL_CONFIG
+    ) as handle:
+        yield handle
+
+
+def ask(srv: ServerHandle, question: str, **fields: Any) -> tuple[str, str, dict[str, Any]]:
+    """A `stream: false` turn: (content, finish_reason, usage)."""
+    body: dict[str, Any] = {
+        "model": "assistant",
+        "messages": [{"role": "user", "content": question}],
+        "stream": False,
+        "temperature": 0,
+    }
+    body.update(fields)
+    body = {k: v for k, v in body.items() if v is not None}  # None: leave the field out
+    response = httpx.post(srv.url, json=body, headers={"Authorization": srv.auth}, timeout=120)
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    return choice["message"]["content"], choice["finish_reason"], response.json()["usage"]
+
+
+def test_a_first_run_without_the_hub_says_which_model_and_why(first_run: ServerHandle) -> None:
+    lines = [line for line in first_run.log_text().splitlines() if "serving the embedded" in line]
+    assert len(lines) == 1, first_run.log_text()[-3000:]
+    assert EMBEDDED_NAME in lines[0]
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in lines[0] and "unreachable" in lines[0]
+    assert "Traceback" not in first_run.log_text()
+
+
+def test_the_consoles_curl_check_gets_a_real_answer(first_run: ServerHandle) -> None:
+    """The README's request, as the console sends it."""
+    body = {
+        "model": "qwen-plus",  # not an alias here: served by the default alias
+        "messages": [
+            {"role": "assistant", "content": "This is a test opening message."},
+            {"role": "user", "content": "Who are you?"},
+        ],
+        "stream": True,
+    }
+    response = httpx.post(
+        first_run.url,
+        json=body,
+        headers={"Authorization": first_run.auth, "Content-Type": "application/json"},
+        timeout=120,
+    )
+    assert response.status_code == 200
+    stream = parse_chat_stream(response.content)
+    assert stream.finish_reason in ("stop", "length")
+    assert len(stream.content.split()) >= 3, stream.content
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("What is the capital of France?", "Paris"),
+        ("What is the capital of Japan?", "Tokyo"),
+        ("What is 3 + 5? Answer with the number only.", "8"),
+        ("Is the Earth flat? Answer yes or no.", "No"),
+    ],
+)
+def test_greedy_answers_a_small_instruct_model_gets_right(
+    first_run: ServerHandle, question: str, expected: str
+) -> None:
+    content, reason, usage = ask(first_run, question)
+    assert expected in content, content
+    # The engine's own end of sequence (<|im_end|>), well before the 48-token cap.
+    assert reason == "stop" and usage["completion_tokens"] < 48, (content, usage)
+
+
+def test_a_stop_string_ends_the_reply_before_it(first_run: ServerHandle) -> None:
+    full, _, _ = ask(first_run, "What is the capital of France?")
+    cut, reason, usage = ask(first_run, "What is the capital of France?", stop=[" is"])
+    assert full.startswith(cut + " is"), (full, cut)
+    assert cut and " is" not in cut and reason == "stop"
+    assert usage["completion_tokens"] < len(full.split()) + 4
+
+
+def test_the_stream_says_what_stream_false_says(first_run: ServerHandle) -> None:
+    question = "What is the capital of Japan?"
+    content, reason, _ = ask(first_run, question)
+    body = {"model": "assistant", "messages": [{"role": "user", "content": question}]}
+    body |= {"stream": True, "temperature": 0}
+    response = httpx.post(
+        first_run.url, json=body, headers={"Authorization": first_run.auth}, timeout=120
+    )
+    stream = parse_chat_stream(response.content)
+    assert stream.content == content and stream.finish_reason == reason == "stop"
+    assert len(stream.choice_chunks) > 2  # streamed in pieces, not one blob
+
+
+def test_the_cap_ends_a_long_reply_with_length(first_run: ServerHandle) -> None:
+    content, reason, usage = ask(first_run, "Write a long story about a dragon.")
+    assert reason == "length" and usage["completion_tokens"] == 48, (content, usage)
+
+
+def test_the_checkpoints_generation_config_fills_what_the_request_leaves_out(
+    first_run: ServerHandle,
+) -> None:
+    """The converted checkpoint's generation_config says temperature 0.2, top_p 0.9 (the model
+    card's). A seeded request without them samples exactly as one that sets them, and not as
+    vLLM's own defaults (1.0, 1.0) would."""
+    question = "Tell me a long story about a dragon."
+    common = {"seed": 7, "max_tokens": 40}
+    without = {"temperature": None, **common}
+    defaults, _, _ = ask(first_run, question, **without)
+    same, _, _ = ask(first_run, question, temperature=0.2, top_p=0.9, **common)
+    plain, _, _ = ask(first_run, question, temperature=1.0, top_p=1.0, **common)
+    assert defaults == same
+    assert defaults != plain
+
+
+@pytest.mark.parametrize("hotel", ["Grand Lotus Hotel", "Silver Pine Lodge"])
+def test_biz_params_change_what_the_agent_says(first_run: ServerHandle, hotel: str) -> None:
+    content, _, _ = ask(
+        first_run,
+        "What is the name of the hotel where you work?",
+        model="receptionist",
+        biz_params={"hotel": hotel},
+    )
+    assert hotel.split()[1] in content, content  # "Lotus", "Pine"
+
+
+def test_a_model_that_cannot_be_loaded_ends_in_one_line(tmp_path: Path) -> None:
+    """`MODEL=no/such-model make run`: one line naming the model and the cause, exit 4, in
+    seconds (nothing heavy is imported before the check)."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+        "CALLGATE_AUTH_CODES": AUTH_CODE,
+    }
+    for model, cause in [
+        ("no/such-model", "unreachable"),
+        ("/no/such/dir", "no such directory"),
+        (str(REPO_ROOT / "configs"), "no config.json"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "server", "--config", "configs/cpu.yaml", "--model", model],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 4, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"callgate: cannot load model {model}: ")
+        assert cause in lines[0]
