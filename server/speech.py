@@ -1,0 +1,250 @@
+"""What a voice can say: a streaming filter for the reply text, before it reaches the TTS.
+
+Models answer with markdown, emoji, URLs and code, which a TTS voice reads as "asterisk
+asterisk", spells out or skips with an audible gap. `SpeechFilter` removes emphasis and heading
+markers, turns list markers into sentence breaks, drops code fences with their contents and the
+backticks of inline code, turns markdown links into their text and bare URLs into the alias's
+phrase, removes emoji and other symbols a voice cannot say, and collapses whitespace (no space
+is put next to Chinese text; full-width punctuation stays).
+
+It is a character machine with a small look-ahead: only a possible marker that is split across
+deltas (a lone `*` before its partner, a `#` or `1` at a line start, the `htt` of a URL) is held,
+and the rest of each delta passes through at once. Feeding any split of a text and then
+`finish()` gives exactly `speak(text)` (property-tested). Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+_URL_STARTS = ("https://", "http://", "www.")
+_SENTENCE_END = frozenset(".!?;:…。！？；：")
+_NO_SPACE_BEFORE = frozenset(",.!?;:)]}%…，。！？；：、）」』》")
+_NO_SPACE_AFTER = frozenset("([{¿¡（「『《")
+_KEEP_SYMBOLS = frozenset("°℃℉№")  # symbols (category So) a voice reads well
+_DROP_CATEGORIES = frozenset({"So", "Sk", "Me", "Co", "Cs", "Cn"})
+_DROP_CHARS = frozenset("\u200d\ufe0e\ufe0f*|")  # joiners, variation selectors, * and table pipes
+_URL_END = frozenset(")]>\"'<，。、！？；：（）")
+_LIST_BULLETS = frozenset("-*+•")
+
+
+def is_cjk(ch: str) -> bool:
+    return "\u2e80" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\uff00" <= ch <= "\uffef"
+
+
+def _droppable(ch: str) -> bool:
+    if ch in _DROP_CHARS:
+        return True
+    if ch in _KEEP_SYMBOLS or ch.isascii():
+        return False
+    return unicodedata.category(ch) in _DROP_CATEGORIES or "\u2190" <= ch <= "\u21ff"  # arrows
+
+
+class SpeechFilter:
+    """Feed the reply's text deltas; each call returns what can be spoken now."""
+
+    def __init__(self, url_phrase: str = "the link") -> None:
+        self._url_phrase = url_phrase
+        self._buf = ""  # raw text not decided yet
+        self._out: list[str] = []
+        self._last = ""  # the last character spoken
+        self._line_start = True
+        self._in_fence = False
+        self._in_url = False
+        self._link_depth = 0  # inside the "(target)" of a markdown link
+        self._space = False  # whitespace seen since the last character spoken
+        self._break = False  # a new line or list item: a sentence break before the next word
+        self.filtered = 0  # characters removed or replaced (markup, symbols, URLs, code)
+
+    def feed(self, text: str) -> str:
+        self._buf += text
+        self._run(final=False)
+        return self._take()
+
+    def finish(self) -> str:
+        self._run(final=True)
+        return self._take()
+
+    def _take(self) -> str:
+        out = "".join(self._out)
+        self._out.clear()
+        return out
+
+    def _run(self, final: bool) -> None:
+        while self._buf:
+            used = self._step(self._buf, final)
+            if used == 0:
+                return  # the rest may be a split marker: wait for more text
+            self._buf = self._buf[used:]
+
+    # -- the machine: each step consumes a prefix of buf; 0 = wait for more text ----------------
+
+    def _step(self, buf: str, final: bool) -> int:
+        ch = buf[0]
+        if ch == "\r":
+            return 1
+        if self._in_fence:
+            return self._fenced(buf, final)
+        if self._link_depth:
+            self._link_depth += (ch == "(") - (ch == ")")
+            return self._drop(1)
+        if self._in_url:
+            if self._url_ends(buf, final):
+                self._in_url = False
+                return self._step(buf, final)
+            return 0 if len(buf) == 1 and ch in ".,;:!?" and not final else self._drop(1)
+        if ch == "\n":
+            self._line_start, self._space, self._break = True, True, bool(self._last)
+            return 1
+        if ch in " \t":
+            self._space = True
+            return 1
+        if self._line_start:
+            used = self._line_marker(buf, final)
+            if used is not None:
+                return used
+            self._line_start = False
+        return self._inline(buf, final)
+
+    def _line_marker(self, buf: str, final: bool) -> int | None:
+        """A marker at the start of a line (fence, heading, quote, list item); None: none."""
+        for fence in ("```", "~~~"):
+            if buf.startswith(fence):
+                self._in_fence = True
+                return self._drop(len(fence))
+            if fence.startswith(buf) and not final:
+                return 0
+        ch, n = buf[0], _run_length(buf)
+        if ch == "#":
+            if n == len(buf):
+                return 0 if not final else self._drop(n)
+            return self._heading(n + 1) if buf[n] in " \t" else None
+        if ch == ">":
+            return self._drop(1)
+        if ch in _LIST_BULLETS:
+            if len(buf) == 1:
+                return 0 if not final else None
+            return self._list_item(2) if buf[1] in " \t" and n == 1 else None
+        if ch.isdigit():
+            n = len(buf) - len(buf.lstrip("0123456789"))
+            if n > 3:
+                return None
+            if n == len(buf) or (n + 1 == len(buf) and buf[n] in ".)"):
+                return 0 if not final else None
+            if buf[n] == "、":
+                return self._list_item(n + 1)
+            if buf[n] in ".)" and buf[n + 1] in " \t":
+                return self._list_item(n + 2)
+        return None
+
+    def _heading(self, used: int) -> int:
+        self._line_start = False
+        return self._drop(used)
+
+    def _list_item(self, used: int) -> int:
+        self._line_start = False
+        self._break = bool(self._last)
+        return self._drop(used)
+
+    def _inline(self, buf: str, final: bool) -> int:
+        ch = buf[0]
+        word_start = self._space or not self._last.isalnum()
+        if ch in "*_~`-":
+            n = _run_length(buf)
+            if n == len(buf) and not final:
+                return 0  # the run may go on in the next delta
+            if ch == "_" and not word_start and n < len(buf) and buf[n].isalnum():
+                return self._as_text(buf, n)  # snake_case: part of a word
+            if ch in "~-" and n == 1:
+                return self._as_text(buf, 1)  # "~5 minutes", "well-known", "3-5"
+            if ch == "-":
+                self._space = True  # "--" and rules: a pause
+            return self._drop(n)
+        if ch == "[":
+            return self._drop(1)
+        if ch == "]":
+            if len(buf) == 1 and not final:
+                return 0
+            if buf[1:2] == "(":
+                self._link_depth = 1
+                return self._drop(2)
+            return self._drop(1)
+        if word_start and ch in "hHwW":
+            lower = buf[:8].lower()
+            for start in _URL_STARTS:
+                if lower.startswith(start):
+                    self._in_url = True
+                    self.filtered += len(start)
+                    self._say(self._url_phrase)
+                    return len(start)
+                if start.startswith(lower) and not final:
+                    return 0
+        if _droppable(ch):
+            self._space = True
+            return self._drop(1)
+        self._say(ch)
+        return 1
+
+    def _fenced(self, buf: str, final: bool) -> int:
+        """Inside a code block: drop everything up to and including the closing fence."""
+        if self._line_start:
+            body = buf.lstrip(" \t")
+            for fence in ("```", "~~~"):
+                if body.startswith(fence):
+                    self._in_fence = self._line_start = False
+                    self._space = True
+                    return self._drop(len(buf) - len(body) + len(fence))
+                if fence.startswith(body) and not final:
+                    return 0
+        self._line_start = buf[0] == "\n"
+        return self._drop(1)
+
+    def _url_ends(self, buf: str, final: bool) -> bool:
+        ch = buf[0]
+        if ch.isspace() or ch in _URL_END or is_cjk(ch):
+            return True
+        if ch in ".,;:!?":  # sentence punctuation after the URL is spoken
+            return len(buf) == 1 and final or len(buf) > 1 and (buf[1].isspace() or is_cjk(buf[1]))
+        return False
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _drop(self, n: int) -> int:
+        self.filtered += n
+        return n
+
+    def _as_text(self, buf: str, n: int) -> int:
+        for ch in buf[:n]:
+            self._say(ch)
+        return n
+
+    def _say(self, text: str) -> None:
+        if not text:
+            return
+        first = text[0]
+        if self._break and self._last and first not in _NO_SPACE_BEFORE:
+            if self._last not in _SENTENCE_END:
+                self._out.append("。" if is_cjk(self._last) else ".")
+                self._last = "."
+            self._space = True
+        if self._space and self._last and self._spaced(first):
+            self._out.append(" ")
+        self._out.append(text)
+        self._last = text[-1]
+        self._space = self._break = False
+
+    def _spaced(self, first: str) -> bool:
+        last = self._last
+        if is_cjk(last) or is_cjk(first):
+            return False
+        return first not in _NO_SPACE_BEFORE and last not in _NO_SPACE_AFTER
+
+
+def _run_length(buf: str) -> int:
+    return len(buf) - len(buf.lstrip(buf[0]))
+
+
+def speak(text: str, url_phrase: str = "the link") -> str:
+    """The whole text at once: what the streaming filter gives for any split of it."""
+    f = SpeechFilter(url_phrase)
+    return f.feed(text) + f.finish()
