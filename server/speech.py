@@ -204,7 +204,9 @@ class SpeechFilter:
         if ch.isspace() or ch in _URL_END or is_cjk(ch):
             return True
         if ch in ".,;:!?":  # sentence punctuation after the URL is spoken
-            return len(buf) == 1 and final or len(buf) > 1 and (buf[1].isspace() or is_cjk(buf[1]))
+            if len(buf) == 1:
+                return final
+            return buf[1].isspace() or is_cjk(buf[1])
         return False
 
     # -- output ----------------------------------------------------------------------------

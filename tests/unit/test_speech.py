@@ -75,7 +75,7 @@ def test_the_count_of_filtered_characters() -> None:
 
 
 _ALPHABET = st.sampled_from(
-    list("ab c12.-*_~`#>[]()\n\t:!h") + ["http", "https://", "www.", "```", "😊", "你好", "。", "、"]
+    [*"ab c12.-*_~`#>[]()\n\t:!h", "http", "https://", "www.", "```", "😊", "你好", "。", "、"]
 )
 
 
