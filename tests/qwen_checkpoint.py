@@ -265,6 +265,46 @@ def tiktoken_file() -> Path:
 
 
 @functools.cache
+def ordinary_encoder() -> Any:
+    """Qwen's own tiktoken encoding of the same ranks with nothing recognised but BPE: what
+    "plain text" means, independent of transformers and of `server/tokenizer.py`. Returns
+    `encode(text) -> list[int]` (NFC first, as Qwen's tokenizers do)."""
+    import unicodedata
+
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(str(tiktoken_file()))
+    enc = tiktoken.Encoding("qwen", pat_str=PATTERN, mergeable_ranks=ranks, special_tokens={})
+    return lambda text: enc.encode_ordinary(unicodedata.normalize("NFC", text))
+
+
+def prompt_token_counts(
+    tokenizer: Any, messages: list[dict[str, str]], **template_kwargs: Any
+) -> tuple[int, int]:
+    """What a dialog's prompt should cost, worked out without `server/`: `(plain, naive)`.
+
+    `plain`: the message texts as plain text, i.e. the template rendered with empty texts (its
+    parts meet the texts at control tokens, so encoding it whole equals encoding it in parts)
+    plus each text's ordinary encoding. `naive`: the whole rendering encoded at once, so
+    control and added tokens in the texts count as single control ids."""
+    encode = ordinary_encoder()
+
+    def render(contents: list[str]) -> str:
+        convo = [{"role": m["role"], "content": c} for m, c in zip(messages, contents, strict=True)]
+        text: str = tokenizer.apply_chat_template(
+            convo, tokenize=False, add_generation_prompt=True, **template_kwargs
+        )
+        return text
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    plain = count(render([""] * len(messages))) + sum(len(encode(m["content"])) for m in messages)
+    return plain, count(render([m["content"] for m in messages]))
+
+
+@functools.cache
 def _bpe_json() -> str:
     """The byte-level BPE of the ranks with Qwen's pre-tokenizer, normalizer and decoder, as
     tokenizer.json text, before any added token (about 2 s, once per process)."""

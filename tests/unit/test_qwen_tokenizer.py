@@ -8,7 +8,6 @@ transformers and of `server/tokenizer.py`.
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,10 +22,9 @@ from tests.qwen_checkpoint import (
     END_THINK_ID,
     IM_END_ID,
     IM_START_ID,
-    PATTERN,
     QWEN3_ADDED_TOKENS,
     THINK_ID,
-    tiktoken_file,
+    ordinary_encoder,
 )
 
 CONTROL_IDS = range(151643, 151669)  # every special and added token of Qwen2.5 and Qwen3
@@ -51,12 +49,8 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def ordinary() -> Callable[[str], list[int]]:
     """Qwen's tiktoken encoding with nothing recognised but BPE (what "plain text" means)."""
-    import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
-
-    ranks = load_tiktoken_bpe(str(tiktoken_file()))
-    enc = tiktoken.Encoding("qwen", pat_str=PATTERN, mergeable_ranks=ranks, special_tokens={})
-    return lambda text: enc.encode_ordinary(unicodedata.normalize("NFC", text))
+    encode: Callable[[str], list[int]] = ordinary_encoder()
+    return encode
 
 
 @pytest.fixture(scope="module")
