@@ -51,9 +51,12 @@ class Gateway:
         self._builder = PromptBuilder(
             tokenizer, engine.max_model_len, reserve=settings.sampling.max_tokens
         )
-        self._banned = (
-            () if settings.sampling.enable_thinking else tokenizer.token_ids(*THINK_TOKENS)
-        )
+        # Thinking off: the template renders the empty think block, and the markers are banned
+        # at the sampler as a second guard. On: the reasoning is filtered out of the reply
+        # (`server/thinking.py`), for checkpoints that have the `</think>` token at all.
+        thinking = settings.sampling.enable_thinking
+        self._banned = () if thinking else tokenizer.token_ids(*THINK_TOKENS)
+        self._thinking = thinking and bool(tokenizer.token_ids(THINK_TOKENS[1]))
         self.max_in_flight = settings.limits.max_in_flight or engine.max_num_seqs
         # The admission count is the whole server's (shared by every worker process).
         self.admission = admission or Admission()
@@ -126,6 +129,7 @@ class Gateway:
             first_token_s=self.settings.deadlines.first_token_s,
             arrival=arrival,
             dropped_turns=prompt.dropped_turns,
+            thinking=self._thinking,
         )
 
     def start(self, plan: TurnPlan) -> Turn:

@@ -178,7 +178,9 @@ class ModelsSettings(_Section):
 class SamplingSettings(_Section):
     max_tokens: int = Field(256, ge=1, description="Cap on a turn's output tokens (speech).")
     enable_thinking: bool = Field(
-        False, description="Qwen3 thinking; off for calls (no <think> text reaches a caller)."
+        False,
+        description="Qwen3 thinking. Off: the template's empty think block, <think> banned. "
+        "On: the model reasons, but only the answer after </think> is spoken.",
     )
 
 

@@ -1,9 +1,12 @@
 """The checkpoint's tokenizer and chat template, adapted to what `prompt.py` needs.
 
-Hugging Face's fast tokenizer recognises special tokens anywhere in the text it is given. That
+Hugging Face's fast tokenizer recognises its added tokens anywhere in the text it is given. That
 is right for the chat template's own markers and wrong for what a caller said, so this keeps two
-copies of the Rust tokenizer: one that parses special tokens (template parts) and one with
-`encode_special_tokens` set, which treats `<|im_end|>` in a message as plain text.
+copies of the Rust tokenizer: one that parses added tokens (template parts) and one for message
+texts, in which every added token is marked special and `encode_special_tokens` is set, so a
+caller's `<|im_end|>` is plain text. Marking them all matters: `encode_special_tokens` splits
+only tokens marked special, and Qwen's tokenizers add `<think>`, `</think>`, `<tool_call>` and
+the FIM tokens as non-special, so without it those would reach the model as control ids.
 
 Every turn of a call resends the whole dialog, so encodings are cached: a turn tokenizes only
 what is new (measured with the test checkpoint, a 121-message dialog: 12.6 ms uncached, see
@@ -13,6 +16,7 @@ Both caches are bounded by the bytes they hold.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from collections import OrderedDict
@@ -31,7 +35,7 @@ class ChatTokenizer:
         backend: Tokenizer = hf_tokenizer.backend_tokenizer
         self._special = Tokenizer.from_str(backend.to_str())
         self._special.encode_special_tokens = False
-        self._plain = Tokenizer.from_str(backend.to_str())
+        self._plain = Tokenizer.from_str(_all_added_special(backend.to_str()))
         self._plain.encode_special_tokens = True
         self._template_ids = _ByteBoundedCache(self._special, TEMPLATE_CACHE_BYTES)
         self._text_ids = _ByteBoundedCache(self._plain, TEXT_CACHE_BYTES)
@@ -60,6 +64,14 @@ class ChatTokenizer:
         """Ids of the given tokens that exist as single tokens in this vocabulary."""
         vocab = self._hf.get_vocab()
         return tuple(vocab[t] for t in tokens if t in vocab)
+
+
+def _all_added_special(tokenizer_json: str) -> str:
+    """The same tokenizer with every added token marked special (ids unchanged)."""
+    data = json.loads(tokenizer_json)
+    for token in data.get("added_tokens", []):
+        token["special"] = True
+    return json.dumps(data)
 
 
 TEMPLATE_CACHE_BYTES = 8 * 2**20  # distinct template pieces: a handful per role

@@ -6,6 +6,12 @@ wait any longer), the caller hears the alias's fallback sentence, then a final c
 `finish_reason`, then `[DONE]`. Only a caller who has gone gets nothing, because nobody is
 listening; then the engine request is aborted in a `finally`, wherever the turn was.
 
+With Qwen3 thinking on (`TurnPlan.thinking`), the engine's deltas pass through a
+`ThinkingFilter` first: the reasoning is never spoken, its tokens still count as output tokens
+(the engine produced them) and still move the stall clock, and the first-token deadline is about
+the first *spoken* text, so it must allow for the reasoning. A reply that ends before `</think>`
+(out of tokens while reasoning) says the fallback sentence, with the engine's finish reason.
+
 `finish()` is the single place where a turn is accounted: metrics, the log line, the in-flight
 gauge. It is idempotent and is also called by the response wrapper, so a turn whose body never
 started (the client left before the headers) is still counted exactly once.
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from server.chunks import DONE, ChunkRenderer
+from server.thinking import ThinkingFilter
 
 if TYPE_CHECKING:
     from server.engine import Delta, Engine
@@ -70,6 +77,7 @@ class TurnPlan:
     first_token_s: float
     arrival: float  # time.perf_counter() when the request arrived
     dropped_turns: int = 0
+    thinking: bool = False  # Qwen3 reasoning comes first in the reply and is not spoken
 
 
 @dataclass
@@ -104,6 +112,7 @@ class Turn:
         self.finish_reason = "stop"
         self._interrupt: str | None = None
         self._finished = False
+        self._thinking = ThinkingFilter() if plan.thinking else None
 
     # -- the state machine -------------------------------------------------------------------
 
@@ -112,11 +121,13 @@ class Turn:
         plan, rec = self.plan, self.record
         rec.stage = "before_first_token"
         deltas = self._engine.generate(plan.engine_id, plan.token_ids, plan.sampling)
+        thinking = self._thinking
+        stream = deltas if thinking is None else self._answers(deltas, thinking)
         done = False
         try:
             try:
                 async with asyncio.timeout_at(_loop_time_at(plan.arrival + plan.first_token_s)):
-                    first = await self._first_text(deltas)
+                    first = await self._first_text(stream)
             except TimeoutError:
                 rec.outcome = "deadline"
                 yield plan.fallback_text
@@ -129,13 +140,16 @@ class Turn:
                 if first.finished:
                     self._set_reason(first.finish_reason)
                 else:
-                    async for text in self._rest(deltas):
+                    async for text in self._rest(stream):
                         yield text
             done = True  # the engine's stream has ended, one way or another
             if rec.outcome not in ("stop", "length"):
                 # Interrupted (shutdown), aborted elsewhere, or ended without a finish reason.
                 rec.outcome = self._interrupt or "error"
-                yield (" " if rec.output_tokens else "") + plan.fallback_text
+                yield self._joiner() + plan.fallback_text
+            elif thinking is not None and not thinking.answering:
+                # All reasoning, no answer: the caller hears the fallback, never the reasoning.
+                yield plan.fallback_text
         except (asyncio.CancelledError, GeneratorExit):
             rec.outcome = rec.outcome or "client_gone"
             raise
@@ -143,11 +157,30 @@ class Turn:
             rec.outcome = "error"
             rec.error = f"{type(e).__name__}: {e}"
             log.exception("turn %s failed in the engine", plan.request_id)
-            yield (" " if rec.output_tokens else "") + plan.fallback_text
+            yield self._joiner() + plan.fallback_text
         finally:
             if not done:
                 await self._engine.abort(plan.engine_id)
+            if stream is not deltas:
+                await stream.aclose()
             await deltas.aclose()
+
+    def _joiner(self) -> str:
+        """A space before the fallback sentence when the caller has already heard words."""
+        heard = self.record.output_tokens and (self._thinking is None or self._thinking.speaking)
+        return " " if heard else ""
+
+    async def _answers(
+        self, deltas: AsyncGenerator[Delta, None], thinking: ThinkingFilter
+    ) -> AsyncGenerator[Delta, None]:
+        """The engine's deltas with the reasoning taken out of their text (thinking on only).
+        Reasoning tokens are the engine's progress, so every delta moves the stall clock."""
+        progress = self._progress
+        async for delta in deltas:
+            progress.at = time.perf_counter()
+            if delta.text:
+                delta.text = thinking.feed(delta.text)
+            yield delta
 
     async def _rest(self, deltas: AsyncGenerator[Delta, None]) -> AsyncIterator[str]:
         """After the first text: the per-token hot path, kept to a few operations a delta."""

@@ -6,8 +6,12 @@ the gateway sees, and it keeps the engine's spawned core process out of pytest. 
 costs about 30 s on this machine, so everything that can share one server uses the session
 `server`; tests that need other settings use `start_server(env=..., config=...)`.
 
-Public fixtures: `tiny_model_dir`, `start_server`, `server`, `guarded_server`, `api`, `make_api`,
-`chat_body`.
+Checkpoints with Qwen's real vocabulary and chat templates (`tests/qwen_checkpoint.py`) are
+`qwen_model_dir` (Qwen2.5) and `qwen3_model_dir` (Qwen3, for thinking); tests start their own
+servers on them with `launch_server`.
+
+Public fixtures: `tiny_model_dir`, `qwen_model_dir`, `qwen3_model_dir`, `start_server`,
+`server`, `guarded_server`, `api`, `make_api`, `chat_body`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import httpx
 import pytest
 
 from benchmarks.servers import stop_server
+from tests import qwen_checkpoint
 from tests.sse import ChatStream, parse_chat_stream
 from tests.tiny_checkpoint import build
 
@@ -183,6 +188,19 @@ def launch_server(
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random-weight Qwen2 checkpoint, built once per session (a few seconds)."""
     return build(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def qwen_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight checkpoint with Qwen2.5's real tokenizer and chat template (about
+    8 s, most of it importing transformers and converting the 151,643 BPE ranks)."""
+    return qwen_checkpoint.build(tmp_path_factory.mktemp("qwen-model"))
+
+
+@pytest.fixture(scope="session")
+def qwen3_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same with Qwen3's added tokens (`<think>`, ...) and chat template (`enable_thinking`)."""
+    return qwen_checkpoint.build(tmp_path_factory.mktemp("qwen3-model"), qwen3=True)
 
 
 @pytest.fixture(scope="session")

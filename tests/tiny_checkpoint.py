@@ -136,9 +136,9 @@ def _shape_weights(model: Any, special_ids: list[int]) -> None:
         for layer in model.model.layers:
             attn = layer.self_attn
             # Attention weights sum to one, so b_v passes through unchanged and o_proj maps it
-            # onto residual dimension 0 at every position: +4 per layer.
+            # onto residual dimension 0 at every position: +4 per layer at any width.
             attn.v_proj.bias.fill_(0.125)
-            attn.o_proj.weight[0, :] = 0.125
+            attn.o_proj.weight[0, :] = 32.0 / attn.o_proj.weight.shape[1]
         gain = model.model.norm.weight
         gain.copy_(0.15 * torch.randn(gain.shape, generator=generator))
         gain[0] = 1.0
@@ -149,9 +149,6 @@ def build(dest: Path) -> Path:
 
     Deterministic: the same files for the same library versions. Returns `dest`.
     """
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer()
@@ -159,43 +156,66 @@ def build(dest: Path) -> Path:
     vocab_size = len(tokenizer)
     if max(tokenizer.get_vocab().values()) >= vocab_size:
         raise AssertionError("tokenizer ids are not contiguous")
+    endoftext = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    save_model(dest, vocab_size=vocab_size, never_ids=special_ids, eos_ids=[im_end, endoftext])
+    tokenizer.save_pretrained(dest)
+    return dest
 
+
+def save_model(
+    dest: Path,
+    *,
+    vocab_size: int,
+    never_ids: list[int],
+    eos_ids: list[int],
+    hidden: int = HIDDEN,
+    heads: int = HEADS,
+    kv_heads: int = KV_HEADS,
+    intermediate: int = INTERMEDIATE,
+) -> None:
+    """Write config, random weights (with the circuit that keeps `never_ids` from being
+    generated, see `_shape_weights`) and a generation config with Qwen's defaults into `dest`.
+
+    `eos_ids[0]` is the end of a turn (`<|im_end|>`), `eos_ids[1]` the end of text, which is
+    also the padding and beginning-of-sequence id, as in Qwen's checkpoints. Shared by
+    `tests/qwen_checkpoint.py`.
+    """
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    im_end, endoftext = eos_ids
     config = Qwen2Config(
         vocab_size=vocab_size,
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=MAX_POSITIONS,
         max_window_layers=LAYERS,
         rms_norm_eps=1e-6,
         rope_theta=1_000_000.0,
         tie_word_embeddings=True,
         use_sliding_window=False,
-        bos_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
-        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
-        pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+        bos_token_id=endoftext,
+        eos_token_id=im_end,
+        pad_token_id=endoftext,
         torch_dtype="bfloat16",
     )
     torch.manual_seed(SEED)
     model = Qwen2ForCausalLM(config)
-    _shape_weights(model, special_ids)
+    _shape_weights(model, never_ids)
     model = model.to(torch.bfloat16)
     model.save_pretrained(dest, safe_serialization=True)
-    tokenizer.save_pretrained(dest)
 
     generation_config = {
-        "bos_token_id": tokenizer.convert_tokens_to_ids(ENDOFTEXT),
-        "eos_token_id": [
-            tokenizer.convert_tokens_to_ids(IM_END),
-            tokenizer.convert_tokens_to_ids(ENDOFTEXT),
-        ],
-        "pad_token_id": tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+        "bos_token_id": endoftext,
+        "eos_token_id": [im_end, endoftext],
+        "pad_token_id": endoftext,
         **GENERATION_DEFAULTS,
     }
     (dest / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
-    return dest
 
 
 def check_in_vllm(model_dir: Path) -> str:

@@ -1,0 +1,157 @@
+"""Qwen3 thinking is never spoken: the streaming filter, and a turn that uses it.
+
+The turn tests script the engine's deltas, because the random-weight test model cannot be made
+to write `</think>` on demand; `tests/test_api_qwen3_thinking_on.py` checks the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server.chunks import ChunkRenderer
+from server.engine import Delta
+from server.thinking import ThinkingFilter
+from server.turn import Progress, Turn, TurnPlan
+
+FALLBACK = "Sorry, could you say that again?"
+
+
+def answer_of(reply: str) -> str:
+    """The reference: Qwen's parsing of a whole reply (answer after the first `</think>`,
+    leading newlines stripped; no `</think>`: all reasoning)."""
+    _, marker, answer = reply.partition("</think>")
+    return answer.lstrip("\n") if marker else ""
+
+
+def feed_all(pieces: list[str]) -> str:
+    f = ThinkingFilter()
+    return "".join(f.feed(p) for p in pieces)
+
+
+@pytest.mark.parametrize(
+    ("reply", "spoken"),
+    [
+        ("<think>\nLet me think.\n</think>\n\nHello there.", "Hello there."),
+        ("reasoning without an opener</think>\n\n你好", "你好"),  # opener in the prompt
+        ("<think>\nstill thinking when the tokens ran out", ""),
+        ("<think>\n\n</think>\n\n", ""),
+        ("<think></think>  spaces stay\n", "  spaces stay\n"),
+        ("<think>a</think>\nSay </think> and <think> later.", "Say </think> and <think> later."),
+        ("</thin>k> is not the marker", ""),
+    ],
+)
+def test_only_the_answer_after_the_first_end_marker_is_spoken(reply: str, spoken: str) -> None:
+    assert answer_of(reply) == spoken
+    assert feed_all([reply]) == spoken
+    assert feed_all(list(reply)) == spoken  # one character a delta
+
+
+def test_nothing_is_held_back_once_the_answer_has_begun() -> None:
+    f = ThinkingFilter()
+    assert f.feed("<think>x</th") == ""
+    assert f.feed("ink>") == "" and f.answering and not f.speaking
+    assert f.feed("\n\n") == ""
+    assert f.feed("An") == "An" and f.speaking
+    assert f.feed("</") == "</"  # answer text, even when it looks like a marker
+
+
+_PIECES = st.sampled_from(
+    ["<think>", "</think>", "</", "think", ">", "<", "/", "\n", "\n\n", " ", "a", "答", "k>"]
+)
+
+
+@given(
+    pieces=st.lists(_PIECES, max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=12),
+)
+def test_any_split_into_deltas_speaks_what_the_whole_reply_speaks(
+    pieces: list[str], cuts: list[int]
+) -> None:
+    reply = "".join(pieces)
+    points = sorted({min(c, len(reply)) for c in cuts})
+    deltas = [reply[a:b] for a, b in zip([0, *points], [*points, len(reply)], strict=True)]
+    assert "".join(deltas) == reply
+    assert feed_all(deltas) == answer_of(reply)
+
+
+# -- a turn with thinking on, the engine scripted -----------------------------------------------
+
+
+class _ScriptedEngine:
+    """Yields the given text pieces as deltas of one token each, then ends with `reason`."""
+
+    def __init__(self, pieces: list[str], reason: str | None = "stop", fail: bool = False):
+        self.pieces, self.reason, self.fail = pieces, reason, fail
+        self.aborted = False
+
+    async def generate(
+        self, engine_id: str, token_ids: list[int], sampling: dict[str, Any]
+    ) -> AsyncGenerator[Delta, None]:
+        for n, piece in enumerate(self.pieces):
+            last = n == len(self.pieces) - 1
+            if last and self.fail:
+                raise RuntimeError("engine died")
+            yield Delta(piece, 1, last, self.reason if last else None, 0)
+
+    async def abort(self, engine_id: str) -> None:
+        self.aborted = True
+
+
+def _turn(engine: _ScriptedEngine, thinking: bool = True) -> Turn:
+    plan = TurnPlan(
+        request_id="r",
+        engine_id="r.1",
+        alias="qwen-plus",
+        request=cast(Any, None),
+        token_ids=[1, 2, 3],
+        sampling={},
+        renderer=ChunkRenderer("qwen-plus", "chatcmpl-r", 1),
+        fallback_text=FALLBACK,
+        first_token_s=30.0,
+        arrival=time.perf_counter(),
+        thinking=thinking,
+    )
+    return Turn(plan, cast(Any, engine), cast(Any, None), lambda turn: None, Progress())
+
+
+async def _texts(turn: Turn) -> list[str]:
+    return [text async for text in turn.texts()]
+
+
+REPLY = ["<think>\n", "The caller ", "asks who I am.", "\n</", "thi", "nk>\n", "\nI am ", "Qwen."]
+
+
+def test_a_thinking_turn_speaks_only_the_answer_and_counts_every_token() -> None:
+    turn = _turn(_ScriptedEngine(REPLY))
+    assert asyncio.run(_texts(turn)) == ["I am ", "Qwen."]
+    assert turn.record.outcome == "stop" and turn.finish_reason == "stop"
+    assert turn.record.output_tokens == len(REPLY)  # reasoning tokens are output tokens
+
+
+def test_a_turn_that_ends_while_thinking_says_the_fallback_only() -> None:
+    turn = _turn(_ScriptedEngine(REPLY[:5], reason="length"))
+    assert asyncio.run(_texts(turn)) == [FALLBACK]
+    assert turn.finish_reason == "length" and turn.record.outcome == "length"
+    assert turn.record.output_tokens == 5
+
+
+def test_an_engine_failure_while_thinking_says_the_fallback_without_a_joining_space() -> None:
+    engine = _ScriptedEngine(REPLY[:4], fail=True)
+    turn = _turn(engine)
+    assert asyncio.run(_texts(turn)) == [FALLBACK]
+    assert turn.record.outcome == "error" and engine.aborted
+    after_answer = _turn(_ScriptedEngine(REPLY, fail=True))
+    assert asyncio.run(_texts(after_answer)) == ["I am ", " " + FALLBACK]
+
+
+def test_with_thinking_off_there_is_no_filter_and_text_passes_unchanged() -> None:
+    turn = _turn(_ScriptedEngine(REPLY), thinking=False)
+    assert turn._thinking is None
+    assert "".join(asyncio.run(_texts(turn))) == "".join(REPLY)
