@@ -105,6 +105,7 @@ class Gateway:
 
     def plan_now(self, request: ChatRequest, request_id: str, arrival: float) -> TurnPlan:
         alias = self.alias_for(request.model)
+        spoken = self._aliases[alias]
         system = self._prompts.render(alias, request.biz_params)
         dialog = assemble(system, [(m.role, m.text) for m in request.messages])
         prompt = self._builder.build(dialog)
@@ -125,11 +126,13 @@ class Gateway:
             renderer=ChunkRenderer(
                 request.model or alias, f"chatcmpl-{request_id}", int(time.time())
             ),
-            fallback_text=self._aliases[alias].fallback_text,
+            fallback_text=spoken.fallback_text,
             first_token_s=self.settings.deadlines.first_token_s,
             arrival=arrival,
             dropped_turns=prompt.dropped_turns,
             thinking=self._thinking,
+            speech_filter=spoken.speech_filter,
+            url_phrase=spoken.url_phrase,
         )
 
     def start(self, plan: TurnPlan) -> Turn:
@@ -172,6 +175,9 @@ class Gateway:
             "total_ms": round(e2e * 1000, 1),
             "stream": plan.request.stream,
         }
+        if turn.speech is not None:
+            # Which prompts make the model write for a screen: characters kept from the voice.
+            fields["speech_filtered"] = turn.speech.filtered
         if rec.outcome == "client_gone":
             fields["disconnect_stage"] = rec.stage
         if rec.error:

@@ -159,6 +159,16 @@ class AliasSettings(_Section):
         min_length=1,
         description="Spoken when the engine misses the first-token deadline or fails mid-turn.",
     )
+    speech_filter: bool = Field(
+        False,
+        description="Keep out of the reply what a voice cannot say: markdown, list markers, "
+        "code, URLs, emoji (server/speech.py). On in the shipped configs.",
+    )
+    url_phrase: str = Field(
+        "the link",
+        max_length=200,
+        description="Said in place of a URL when speech_filter is on (e.g. 链接 for Chinese).",
+    )
 
 
 class ModelsSettings(_Section):

@@ -49,3 +49,7 @@ class ThinkingFilter:
         if text:
             self.speaking = True
         return text
+
+    def finish(self) -> str:
+        """The end of the reply: nothing is held back that could still be spoken."""
+        return ""

@@ -12,6 +12,11 @@ With Qwen3 thinking on (`TurnPlan.thinking`), the engine's deltas pass through a
 the first *spoken* text, so it must allow for the reasoning. A reply that ends before `</think>`
 (out of tokens while reasoning) says the fallback sentence, with the engine's finish reason.
 
+With the alias's `speech_filter` on (`TurnPlan.speech_filter`), the text then passes through a
+`SpeechFilter` (`server/speech.py`), which removes what a voice cannot say; what it holds back
+(a possibly split marker) is released with the engine's last delta. Filters change text only:
+counts, the stall clock and finish reasons are the engine's.
+
 `finish()` is the single place where a turn is accounted: metrics, the log line, the in-flight
 gauge. It is idempotent and is also called by the response wrapper, so a turn whose body never
 started (the client left before the headers) is still counted exactly once.
@@ -24,9 +29,10 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from server.chunks import DONE, ChunkRenderer
+from server.speech import SpeechFilter
 from server.thinking import ThinkingFilter
 
 if TYPE_CHECKING:
@@ -62,6 +68,13 @@ class Progress:
         return self.starved_s
 
 
+class TextFilter(Protocol):
+    """A streaming text transform: `feed` each delta's text, `finish` at the reply's end."""
+
+    def feed(self, text: str) -> str: ...
+    def finish(self) -> str: ...
+
+
 @dataclass
 class TurnPlan:
     """Everything decided before the engine is asked: pure values, no I/O."""
@@ -78,6 +91,8 @@ class TurnPlan:
     arrival: float  # time.perf_counter() when the request arrived
     dropped_turns: int = 0
     thinking: bool = False  # Qwen3 reasoning comes first in the reply and is not spoken
+    speech_filter: bool = False  # remove what a voice cannot say (server/speech.py)
+    url_phrase: str = "the link"  # said in place of a URL when speech_filter is on
 
 
 @dataclass
@@ -113,6 +128,8 @@ class Turn:
         self._interrupt: str | None = None
         self._finished = False
         self._thinking = ThinkingFilter() if plan.thinking else None
+        self.speech = SpeechFilter(plan.url_phrase) if plan.speech_filter else None
+        self._filters: list[TextFilter] = [f for f in (self._thinking, self.speech) if f]
 
     # -- the state machine -------------------------------------------------------------------
 
@@ -122,7 +139,7 @@ class Turn:
         rec.stage = "before_first_token"
         deltas = self._engine.generate(plan.engine_id, plan.token_ids, plan.sampling)
         thinking = self._thinking
-        stream = deltas if thinking is None else self._answers(deltas, thinking)
+        stream = self._filtered(deltas) if self._filters else deltas
         done = False
         try:
             try:
@@ -170,16 +187,19 @@ class Turn:
         heard = self.record.output_tokens and (self._thinking is None or self._thinking.speaking)
         return " " if heard else ""
 
-    async def _answers(
-        self, deltas: AsyncGenerator[Delta, None], thinking: ThinkingFilter
-    ) -> AsyncGenerator[Delta, None]:
-        """The engine's deltas with the reasoning taken out of their text (thinking on only).
-        Reasoning tokens are the engine's progress, so every delta moves the stall clock."""
-        progress = self._progress
+    async def _filtered(self, deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
+        """The engine's deltas with their text through the filters (reasoning out, then what a
+        voice cannot say); the last delta carries what they held back. Every delta is the
+        engine's progress, spoken or not, so every delta moves the stall clock."""
+        progress, filters = self._progress, self._filters
         async for delta in deltas:
             progress.at = time.perf_counter()
-            if delta.text:
-                delta.text = thinking.feed(delta.text)
+            text = delta.text
+            for f in filters:
+                text = f.feed(text) if text else ""
+                if delta.finished:
+                    text += f.finish()
+            delta.text = text
             yield delta
 
     async def _rest(self, deltas: AsyncGenerator[Delta, None]) -> AsyncIterator[str]:

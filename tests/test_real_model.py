@@ -206,3 +206,19 @@ def test_a_model_that_cannot_be_loaded_ends_in_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1, done.stderr
         assert lines[0].startswith(f"callgate: cannot load model {model}: ")
         assert cause in lines[0]
+
+
+def test_a_list_asked_for_is_spoken_without_markdown(first_run: ServerHandle) -> None:
+    """The same model and prompt, with and without the alias's speech filter: written for a
+    screen it is a markdown list; on the voice alias, plain sentences with the same words."""
+    question = "Give me three tips for sleeping well, as a numbered list with bold titles."
+    screen, _, _ = ask(first_run, question, model="screen", max_tokens=120)
+    spoken, _, _ = ask(first_run, question, model="assistant", max_tokens=120)
+    assert "**" in screen and "\n2. " in screen, screen  # what the model writes
+    for mark in ("*", "#", "`", "\n", "1.", "2.", "- "):
+        assert mark not in spoken, spoken
+    assert spoken.count(". ") >= 2, spoken  # the list items became sentences
+    words = [w for w in screen.replace("*", " ").split() if w.isalpha() and len(w) > 3]
+    assert words and all(w in spoken for w in words), (screen, spoken)
+    turns = [line for line in first_run.log_text().splitlines() if '"alias": "assistant"' in line]
+    assert any('"speech_filtered": ' in line for line in turns)

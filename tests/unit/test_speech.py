@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.speech import SpeechFilter, speak
+from tests.scripted_engine import ScriptedEngine, scripted_turn, texts_of
 
 EXAMPLES = [
     (
@@ -95,3 +98,34 @@ def test_any_text_any_split(text: str, cuts: list[int]) -> None:
     parts = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
     f = SpeechFilter()
     assert "".join(f.feed(p) for p in parts) + f.finish() == speak(text)
+
+
+# -- on a turn (scripted engine deltas; tests/test_real_model.py asks the real model) ----------
+
+LIST_REPLY = ["Here are", " three:\n", "1", ". **", "Paris", "**\n", "2. Rome 🏛", "\n3. Tok", "yo"]
+
+
+def test_a_turn_speaks_the_filtered_text_and_releases_what_was_held_at_the_end() -> None:
+    turn = scripted_turn(ScriptedEngine(LIST_REPLY), speech_filter=True)
+    texts = asyncio.run(texts_of(turn))
+    assert "".join(texts) == speak("".join(LIST_REPLY)) == "Here are three: Paris. Rome. Tokyo"
+    assert texts[0] == "Here are"  # the first words are not held
+    assert turn.record.output_tokens == len(LIST_REPLY) and turn.record.outcome == "stop"
+    assert turn.speech is not None and turn.speech.filtered > 0
+
+
+def test_markup_only_deltas_are_not_a_first_token() -> None:
+    turn = scripted_turn(ScriptedEngine(["**", "🎉", "Hello", "!"]), speech_filter=True)
+    assert asyncio.run(texts_of(turn)) == ["Hello", "!"]
+
+
+def test_the_url_phrase_is_the_aliases() -> None:
+    engine = ScriptedEngine(["详情请访问 ", "https://", "example.com", "。"])
+    turn = scripted_turn(engine, speech_filter=True, url_phrase="链接")
+    assert "".join(asyncio.run(texts_of(turn))) == "详情请访问链接。"
+
+
+def test_with_the_filter_off_the_text_is_the_engines() -> None:
+    turn = scripted_turn(ScriptedEngine(LIST_REPLY))
+    assert turn.speech is None
+    assert "".join(asyncio.run(texts_of(turn))) == "".join(LIST_REPLY)

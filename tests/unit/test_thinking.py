@@ -7,20 +7,13 @@ to write `</think>` on demand; `tests/test_api_qwen3_thinking_on.py` checks the 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncGenerator
-from typing import Any, cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.chunks import ChunkRenderer
-from server.engine import Delta
 from server.thinking import ThinkingFilter
-from server.turn import Progress, Turn, TurnPlan
-
-FALLBACK = "Sorry, could you say that again?"
+from tests.scripted_engine import FALLBACK, ScriptedEngine, scripted_turn, texts_of
 
 
 def answer_of(reply: str) -> str:
@@ -84,74 +77,33 @@ def test_any_split_into_deltas_speaks_what_the_whole_reply_speaks(
 # -- a turn with thinking on, the engine scripted -----------------------------------------------
 
 
-class _ScriptedEngine:
-    """Yields the given text pieces as deltas of one token each, then ends with `reason`."""
-
-    def __init__(self, pieces: list[str], reason: str | None = "stop", fail: bool = False):
-        self.pieces, self.reason, self.fail = pieces, reason, fail
-        self.aborted = False
-
-    async def generate(
-        self, engine_id: str, token_ids: list[int], sampling: dict[str, Any]
-    ) -> AsyncGenerator[Delta, None]:
-        for n, piece in enumerate(self.pieces):
-            last = n == len(self.pieces) - 1
-            if last and self.fail:
-                raise RuntimeError("engine died")
-            yield Delta(piece, 1, last, self.reason if last else None, 0)
-
-    async def abort(self, engine_id: str) -> None:
-        self.aborted = True
-
-
-def _turn(engine: _ScriptedEngine, thinking: bool = True) -> Turn:
-    plan = TurnPlan(
-        request_id="r",
-        engine_id="r.1",
-        alias="qwen-plus",
-        request=cast(Any, None),
-        token_ids=[1, 2, 3],
-        sampling={},
-        renderer=ChunkRenderer("qwen-plus", "chatcmpl-r", 1),
-        fallback_text=FALLBACK,
-        first_token_s=30.0,
-        arrival=time.perf_counter(),
-        thinking=thinking,
-    )
-    return Turn(plan, cast(Any, engine), cast(Any, None), lambda turn: None, Progress())
-
-
-async def _texts(turn: Turn) -> list[str]:
-    return [text async for text in turn.texts()]
-
-
 REPLY = ["<think>\n", "The caller ", "asks who I am.", "\n</", "thi", "nk>\n", "\nI am ", "Qwen."]
 
 
 def test_a_thinking_turn_speaks_only_the_answer_and_counts_every_token() -> None:
-    turn = _turn(_ScriptedEngine(REPLY))
-    assert asyncio.run(_texts(turn)) == ["I am ", "Qwen."]
+    turn = scripted_turn(ScriptedEngine(REPLY), thinking=True)
+    assert asyncio.run(texts_of(turn)) == ["I am ", "Qwen."]
     assert turn.record.outcome == "stop" and turn.finish_reason == "stop"
     assert turn.record.output_tokens == len(REPLY)  # reasoning tokens are output tokens
 
 
 def test_a_turn_that_ends_while_thinking_says_the_fallback_only() -> None:
-    turn = _turn(_ScriptedEngine(REPLY[:5], reason="length"))
-    assert asyncio.run(_texts(turn)) == [FALLBACK]
+    turn = scripted_turn(ScriptedEngine(REPLY[:5], reason="length"), thinking=True)
+    assert asyncio.run(texts_of(turn)) == [FALLBACK]
     assert turn.finish_reason == "length" and turn.record.outcome == "length"
     assert turn.record.output_tokens == 5
 
 
 def test_an_engine_failure_while_thinking_says_the_fallback_without_a_joining_space() -> None:
-    engine = _ScriptedEngine(REPLY[:4], fail=True)
-    turn = _turn(engine)
-    assert asyncio.run(_texts(turn)) == [FALLBACK]
+    engine = ScriptedEngine(REPLY[:4], fail=True)
+    turn = scripted_turn(engine, thinking=True)
+    assert asyncio.run(texts_of(turn)) == [FALLBACK]
     assert turn.record.outcome == "error" and engine.aborted
-    after_answer = _turn(_ScriptedEngine(REPLY, fail=True))
-    assert asyncio.run(_texts(after_answer)) == ["I am ", " " + FALLBACK]
+    after_answer = scripted_turn(ScriptedEngine(REPLY, fail=True), thinking=True)
+    assert asyncio.run(texts_of(after_answer)) == ["I am ", " " + FALLBACK]
 
 
 def test_with_thinking_off_there_is_no_filter_and_text_passes_unchanged() -> None:
-    turn = _turn(_ScriptedEngine(REPLY), thinking=False)
+    turn = scripted_turn(ScriptedEngine(REPLY), thinking=False)
     assert turn._thinking is None
-    assert "".join(asyncio.run(_texts(turn))) == "".join(REPLY)
+    assert "".join(asyncio.run(texts_of(turn))) == "".join(REPLY)
