@@ -48,6 +48,7 @@ class Gateway:
         self._aliases = settings.models.aliases
         self._default = settings.models.default
         self._prompts = SystemPrompts({a: s.system_prompt for a, s in self._aliases.items()})
+        self._adapters = {a: adapter.name for a, adapter in engine.adapters.by_alias.items()}
         self._builder = PromptBuilder(
             tokenizer, engine.max_model_len, reserve=settings.sampling.max_tokens
         )
@@ -126,6 +127,7 @@ class Gateway:
             first_token_s=self.settings.deadlines.first_token_s,
             arrival=arrival,
             dropped_turns=prompt.dropped_turns,
+            adapter=self._adapters.get(alias),
         )
 
     def start(self, plan: TurnPlan) -> Turn:

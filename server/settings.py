@@ -138,7 +138,9 @@ class EngineSettings(_Section):
     )
     extra: dict[str, Any] = Field(
         default_factory=dict,
-        description="Further vLLM AsyncEngineArgs passed through unchanged (load_format, ...).",
+        description="Further vLLM AsyncEngineArgs passed through unchanged (load_format, ...). "
+        "With adapters (models.aliases.*.lora), enable_lora and max_lora_rank are derived "
+        "from them and refused here; max_loras (default: one per adapter) may be set.",
     )
 
 
@@ -153,13 +155,21 @@ class AliasSettings(_Section):
         min_length=1,
         description="Spoken when the engine misses the first-token deadline or fails mid-turn.",
     )
+    lora: str | None = Field(
+        None,
+        min_length=1,
+        description="Serve this alias through a LoRA adapter on the base checkpoint: a local "
+        "directory with an adapter_config.json, or a hub id (from the cache, else downloaded "
+        "once at start-up). None: the base model. A missing adapter refuses start-up.",
+    )
 
 
 class ModelsSettings(_Section):
     default: str = Field("qwen-plus", description="Alias used for names not in `aliases`.")
     aliases: dict[str, AliasSettings] = Field(
         default_factory=lambda: {"qwen-plus": AliasSettings()},
-        description="Request `model` names served by the checkpoint, with per-alias prompts.",
+        description="Request `model` names served by the checkpoint, with per-alias prompts "
+        "and optional LoRA adapters.",
     )
 
     @model_validator(mode="after")

@@ -70,6 +70,7 @@ class TurnPlan:
     first_token_s: float
     arrival: float  # time.perf_counter() when the request arrived
     dropped_turns: int = 0
+    adapter: str | None = None  # the alias's LoRA adapter (`Adapter.name`); None: base model
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Turn:
         """Non-empty text pieces of the reply; sets `finish_reason` and the outcome."""
         plan, rec = self.plan, self.record
         rec.stage = "before_first_token"
-        deltas = self._engine.generate(plan.engine_id, plan.token_ids, plan.sampling)
+        deltas = self._engine.generate(plan.engine_id, plan.token_ids, plan.sampling, plan.adapter)
         done = False
         try:
             try:
