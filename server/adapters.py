@@ -1,11 +1,12 @@
 """LoRA adapters by model alias: each `models.aliases.<name>.lora` resolved once, at start-up.
 
-The promise: the server starts only with adapters it can load. Each configured adapter becomes
-a local directory that holds an `adapter_config.json` with a LoRA rank `r`, or start-up is
-refused with one line naming the alias and what was configured (`AdapterError`), within
+The promise: every configured adapter is found before the engine is built. Each becomes a
+local directory with an `adapter_config.json` (a LoRA rank `r`) and a weights file, or start-up
+is refused with one line naming the alias and what was configured (`AdapterError`), within
 seconds and before vLLM is imported. A local directory is taken as it is; anything else that
 reads as a hub id (`org/name`) is looked up in the Hugging Face cache, then downloaded once
-(metadata requests time out after `HUB_TIMEOUT_S`; offline mode fails at once).
+(metadata requests time out after `HUB_TIMEOUT_S`; offline mode fails at once). Whether vLLM
+can apply the weights to the checkpoint is known only when the engine loads them (exit 4).
 
 The engine is sized from the adapters: `enable_lora`, the smallest `max_lora_rank` vLLM
 accepts that holds the largest rank, and `max_loras` = the number of distinct adapters, so
@@ -33,6 +34,8 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DERIVED_ARGS = ("enable_lora", "max_lora_rank")
 HUB_TIMEOUT_S = 10.0
 CONFIG_FILE = "adapter_config.json"
+# The weight files vLLM's LoRA loader reads (vllm/lora/lora_model.py), in its order.
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_model.pt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -104,6 +107,8 @@ def resolve(aliases: Mapping[str, AliasSettings], extra: Mapping[str, Any]) -> A
         if settings.lora not in by_source:
             path = _local_dir(settings.lora, where)
             rank = _rank(path, where)
+            if not any((path / name).is_file() for name in WEIGHT_FILES):
+                raise AdapterError(f"{where}: {path} has no {WEIGHT_FILES[0]} (or .bin, .pt)")
             try:
                 lora_rank_for(rank)
             except ValueError as e:

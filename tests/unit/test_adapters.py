@@ -15,6 +15,7 @@ from server.settings import AliasSettings
 def _adapter(path: Path, r: Any = 8, **config: Any) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r, **config}))
+    (path / "adapter_model.safetensors").write_bytes(b"")
     return path
 
 
@@ -117,6 +118,15 @@ def test_an_adapter_config_without_a_lora_rank_is_refused(
     (path / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(AdapterError, match=why):
         resolve(_aliases(hotel=str(path)), {})
+
+
+def test_an_adapter_without_weights_is_refused(tmp_path: Path) -> None:
+    path = _adapter(tmp_path / "half-copied")
+    (path / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterError, match=r"has no adapter_model\.safetensors \(or \.bin, \.pt\)"):
+        resolve(_aliases(hotel=str(path)), {})
+    (path / "adapter_model.bin").write_bytes(b"")
+    assert resolve(_aliases(hotel=str(path)), {}).by_alias["hotel"].rank == 8
 
 
 def test_unreadable_adapter_config_is_refused(tmp_path: Path) -> None:
