@@ -40,7 +40,7 @@ test: venv ## the whole test suite, on the real engine with a tiny checkpoint
 COMPAT_TESTS := tests/test_api_stream.py tests/test_api_cancel.py tests/test_api_sampling.py \
 	tests/test_observability.py tests/test_reliability_first_token.py \
 	tests/test_reliability_shutdown.py tests/test_benchmarks_gpu.py tests/test_workers.py \
-	tests/test_security_hung_engine.py
+	tests/test_security_hung_engine.py tests/test_lora.py
 test-compat: ## representative tests on vLLM $(COMPAT_VLLM) (the GPU host's release), in $(COMPAT_VENV)
 	$(MAKE) venv VENV=$(COMPAT_VENV) VLLM_VERSION=$(COMPAT_VLLM)
 	$(COMPAT_VENV)/bin/python -m pytest $(COMPAT_TESTS)

@@ -11,6 +11,8 @@ import os
 import secrets
 import sys
 
+from server.adapters import AdapterError, Adapters
+from server.adapters import resolve as resolve_adapters
 from server.auth import code_problem, is_loopback
 from server.exits import EXIT_LOAD_FAILED, EXIT_REFUSED
 from server.logs import setup_logging
@@ -69,6 +71,14 @@ def auth_codes(settings: Settings) -> list[str]:
     return codes
 
 
+def adapters(settings: Settings) -> Adapters:
+    """The aliases' LoRA adapters, each a local directory with a known rank (may download)."""
+    try:
+        return resolve_adapters(settings.models.aliases, settings.engine.extra)
+    except AdapterError as e:
+        raise Refused(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_from(args)
@@ -77,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     try:
         codes = auth_codes(settings)
+        loras = adapters(settings)
     except Refused as e:
         sys.stderr.write(f"callgate: refusing to start: {e}\n")
         return EXIT_REFUSED
@@ -102,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     if settings.server.workers > 1:
         from server.workers import supervise
 
-        return supervise(settings, codes)
+        return supervise(settings, codes, loras)
     from server.app import create_app
     from server.process import serve
 
-    return serve(create_app(settings, codes), settings)
+    return serve(create_app(settings, codes, adapters=loras), settings)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from server import __version__
+from server.adapters import Adapters
+from server.adapters import resolve as resolve_adapters
 from server.admission import Admission
 from server.auth import Authenticator
 from server.errors import (
@@ -51,12 +53,16 @@ def create_app(
     engine_factory: EngineFactory = start_engine,
     admission: Admission | None = None,
     peers_ready: Callable[[], bool] | None = None,
+    adapters: Adapters | None = None,
 ) -> FastAPI:
     """The app of one front-end process. With several workers, each has its own app, and
-    `engine_factory` connects to the shared engine core and `admission` is the shared count."""
+    `engine_factory` connects to the shared engine core and `admission` is the shared count.
+    `adapters`: the aliases' LoRA adapters as resolved at start-up (default: resolved now)."""
     metrics = Metrics(registry or CollectorRegistry(auto_describe=True))
     metrics.declare(list(settings.models.aliases))
-    runtime = Runtime(settings, metrics, engine_factory, admission, peers_ready)
+    if adapters is None:
+        adapters = resolve_adapters(settings.models.aliases, settings.engine.extra)
+    runtime = Runtime(settings, metrics, engine_factory, admission, peers_ready, adapters)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

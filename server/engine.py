@@ -1,8 +1,9 @@
 """The only module that imports vLLM: an `AsyncLLM` behind start, generate, abort, health, stop.
 
 Kept to calls that exist from vLLM 0.26 through 0.33 (`AsyncLLM.from_engine_args`,
-`generate` with a token-ids prompt, `abort`, `errored`, `shutdown`), so the GPU image can move
-within that range without touching the rest of the server. The engine is built with the same
+`generate` with a token-ids prompt and a `LoRARequest`, `add_lora`, `abort`, `errored`,
+`shutdown`), so the GPU image can move within that range without touching the rest of the
+server. The engine is built with the same
 usage context as vLLM's own OpenAI server, whose defaults (e.g. `max_num_seqs`) differ from the
 plain engine's.
 
@@ -11,6 +12,12 @@ Several front-end processes on one engine core (`server.workers` > 1) use the me
 launches the engine core and starts the workers through vLLM's `APIServerProcessManager`; each
 worker connects with `Engine.connect`. Those are private vLLM calls whose signatures changed
 between 0.26 and 0.32; every difference is handled here.
+
+LoRA adapters (`server.adapters`, resolved before vLLM is imported) size the engine
+(`enable_lora`, `max_lora_rank`, `max_loras`) and become one `LoRARequest` each, built once.
+They are loaded when the engine starts, so a broken adapter fails the start (exit 4) rather
+than a caller's turn, and no turn waits for an adapter to load. A turn names its adapter (or
+none, for the base model) in `generate`.
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from typing import Any
 
 import vllm
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from server.adapters import Adapters
 from server.errors import EngineUnavailable, InvalidRequest, Overloaded
 from server.settings import EngineSettings
 
@@ -76,7 +85,7 @@ def _tokens_input(token_ids: list[int]) -> Any:
     return {"type": "token", "prompt_token_ids": token_ids}
 
 
-def engine_args(settings: EngineSettings) -> AsyncEngineArgs:
+def engine_args(settings: EngineSettings, adapters: Adapters) -> AsyncEngineArgs:
     named: dict[str, Any] = {
         "model": settings.model,
         "served_model_name": settings.served_name,
@@ -94,6 +103,7 @@ def engine_args(settings: EngineSettings) -> AsyncEngineArgs:
         "stream_interval": settings.stream_interval,
     }
     named = {k: v for k, v in named.items() if v is not None}
+    named.update(adapters.engine_args(settings.extra))
     clash = set(named) & set(settings.extra)
     if clash:
         raise ValueError(f"engine.extra repeats named settings: {sorted(clash)}")
@@ -101,10 +111,15 @@ def engine_args(settings: EngineSettings) -> AsyncEngineArgs:
 
 
 class Engine:
-    """A running engine. Create with `await Engine.start(settings)`."""
+    """A running engine. Create with `await Engine.start(settings, adapters)`."""
 
-    def __init__(self, llm: AsyncLLM) -> None:
+    def __init__(self, llm: AsyncLLM, adapters: Adapters) -> None:
         self._llm = llm
+        self.adapters = adapters
+        self._loras = {
+            a.name: LoRARequest(lora_name=a.name, lora_int_id=a.lora_id, lora_path=a.path)
+            for a in adapters.distinct
+        }
         config = llm.model_config
         self.max_model_len: int = config.max_model_len
         self.max_num_seqs: int = llm.vllm_config.scheduler_config.max_num_seqs
@@ -112,21 +127,44 @@ class Engine:
         self.generation_defaults: dict[str, Any] = dict(config.get_diff_sampling_param())
 
     @classmethod
-    async def start(cls, settings: EngineSettings) -> Engine:
-        args = engine_args(settings)
+    async def start(cls, settings: EngineSettings, adapters: Adapters) -> Engine:
+        args = engine_args(settings, adapters)
         log.info("starting engine for %s", settings.model)
         # Building the engine blocks for the whole load (seconds to minutes): do it off the
         # event loop so /health and /ready answer 503 meanwhile instead of refusing connections.
         llm = await asyncio.to_thread(
             AsyncLLM.from_engine_args, args, usage_context=UsageContext.OPENAI_API_SERVER
         )
-        # One engine round trip starts the client's output task on this loop, so an engine
-        # failure while idle is noticed at once rather than at the next request.
-        await llm.get_supported_tasks()
-        return cls(llm)
+        return await cls._ready(llm, adapters)
 
     @classmethod
-    async def connect(cls, settings: EngineSettings, client: dict[str, Any]) -> Engine:
+    async def _ready(cls, llm: AsyncLLM, adapters: Adapters) -> Engine:
+        """The engine once its client works and its adapters are loaded."""
+        try:
+            # One engine round trip starts the client's output task on this loop, so an
+            # engine failure while idle is noticed at once rather than at the next request.
+            await llm.get_supported_tasks()
+            engine = cls(llm, adapters)
+            await engine._load_adapters()
+        except BaseException:
+            llm.shutdown()
+            raise
+        return engine
+
+    async def _load_adapters(self) -> None:
+        # Idempotent in the core (a loaded id is skipped), so every worker may ask.
+        for lora in self._loras.values():
+            try:
+                await self._llm.add_lora(lora)
+            except Exception as e:
+                raise RuntimeError(
+                    f"LoRA adapter {lora.lora_name} ({lora.lora_path}) failed to load: {e}"
+                ) from e
+
+    @classmethod
+    async def connect(
+        cls, settings: EngineSettings, adapters: Adapters, client: dict[str, Any]
+    ) -> Engine:
         """A worker's client of the engine core that `SharedCore.launch` started.
 
         `client` is what vLLM's process manager hands each API process: the core's addresses
@@ -137,7 +175,7 @@ class Engine:
         count = int(addresses.pop("client_count"))
         index = int(addresses.pop("client_index"))
         addresses.pop("api_server_loads", None)  # 0.32: vLLM's own accept balancing, unused
-        args = engine_args(settings)
+        args = engine_args(settings, adapters)
         args._api_process_count = count
         args._api_process_rank = index
         config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
@@ -151,8 +189,7 @@ class Engine:
             client_count=count,
             client_index=index,
         )
-        await llm.get_supported_tasks()
-        return cls(llm)
+        return await cls._ready(llm, adapters)
 
     @property
     def alive(self) -> bool:
@@ -186,14 +223,21 @@ class Engine:
             raise Overloaded(f"engine queue is full: {e}") from None
 
     async def generate(
-        self, request_id: str, token_ids: list[int], sampling: dict[str, Any]
+        self,
+        request_id: str,
+        token_ids: list[int],
+        sampling: dict[str, Any],
+        adapter: str | None = None,
     ) -> AsyncGenerator[Delta, None]:
-        """Stream the turn's deltas. Closing or cancelling the iterator aborts the request."""
+        """Stream the turn's deltas, from the base model or through `adapter` (an
+        `Adapter.name`). Closing or cancelling the iterator aborts the request."""
         if self._llm.errored:
             raise EngineUnavailable("the engine is not running")
         params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        lora = None if adapter is None else self._loras[adapter]
+        prompt = _tokens_input(token_ids)
         try:
-            async for out in self._llm.generate(_tokens_input(token_ids), params, request_id):
+            async for out in self._llm.generate(prompt, params, request_id, lora_request=lora):
                 completion = out.outputs[0]
                 yield Delta(
                     completion.text,
@@ -243,6 +287,7 @@ class SharedCore:
     def launch(
         cls,
         settings: EngineSettings,
+        adapters: Adapters,
         workers: int,
         target: WorkerTarget,
         listen_address: str,
@@ -254,7 +299,7 @@ class SharedCore:
         from vllm.v1.executor import Executor
         from vllm.v1.utils import APIServerProcessManager
 
-        args = engine_args(settings)
+        args = engine_args(settings, adapters)
         args._api_process_count = workers
         args._api_process_rank = -1
         config = args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)

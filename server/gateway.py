@@ -48,6 +48,7 @@ class Gateway:
         self._aliases = settings.models.aliases
         self._default = settings.models.default
         self._prompts = SystemPrompts({a: s.system_prompt for a, s in self._aliases.items()})
+        self._adapters = {a: adapter.name for a, adapter in engine.adapters.by_alias.items()}
         self._builder = PromptBuilder(
             tokenizer, engine.max_model_len, reserve=settings.sampling.max_tokens
         )
@@ -133,6 +134,7 @@ class Gateway:
             thinking=self._thinking,
             speech_filter=spoken.speech_filter,
             url_phrase=spoken.url_phrase,
+            adapter=self._adapters.get(alias),
         )
 
     def start(self, plan: TurnPlan) -> Turn:

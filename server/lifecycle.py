@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from server import __version__
+from server.adapters import Adapters
 from server.admission import Admission
 from server.engine import VLLM_VERSION, Engine
 from server.exits import EXIT_ENGINE_DEAD, EXIT_ENGINE_HUNG, EXIT_INTERNAL, EXIT_LOAD_FAILED
@@ -26,12 +27,12 @@ from server.tokenizer import ChatTokenizer
 
 log = logging.getLogger("callgate")
 
-EngineFactory = Callable[[Settings], Awaitable[Engine]]
+EngineFactory = Callable[[Settings, Adapters], Awaitable[Engine]]
 WATCH_INTERVAL_S = 0.5
 
 
-async def start_engine(settings: Settings) -> Engine:
-    return await Engine.start(settings.engine)
+async def start_engine(settings: Settings, adapters: Adapters) -> Engine:
+    return await Engine.start(settings.engine, adapters)
 
 
 class Runtime:
@@ -42,8 +43,10 @@ class Runtime:
         engine_factory: EngineFactory = start_engine,
         admission: Admission | None = None,
         peers_ready: Callable[[], bool] | None = None,
+        adapters: Adapters | None = None,
     ) -> None:
         self.settings = settings
+        self.adapters = adapters or Adapters()
         self._admission = admission
         # With several workers: whether every worker has its engine (/ready is server-wide).
         self._peers_ready = peers_ready
@@ -69,7 +72,7 @@ class Runtime:
                 trust_remote_code=s.engine.trust_remote_code,
                 enable_thinking=s.sampling.enable_thinking,
             )
-            engine = await self._engine_factory(s)
+            engine = await self._engine_factory(s, self.adapters)
             self.gateway = Gateway(s, engine, tokenizer, self.metrics, self._admission)
         except Exception as e:
             # One line says why; the traceback is for the debug log (`server.log_level: debug`).
@@ -82,11 +85,13 @@ class Runtime:
         self.metrics.engine_up.set(1)
         self.metrics.info.labels(__version__, VLLM_VERSION, str(s.server.workers)).set(1)
         log.info(
-            "engine ready: %s, max_model_len %d, max_num_seqs %d, admission limit %d",
+            "engine ready: %s, max_model_len %d, max_num_seqs %d, admission limit %d, "
+            "LoRA adapters: %s",
             s.engine.model,
             engine.max_model_len,
             engine.max_num_seqs,
             self.gateway.max_in_flight,
+            self.adapters.describe(),
         )
         await self._watch(engine)
 

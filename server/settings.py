@@ -144,7 +144,9 @@ class EngineSettings(_Section):
     )
     extra: dict[str, Any] = Field(
         default_factory=dict,
-        description="Further vLLM AsyncEngineArgs passed through unchanged (load_format, ...).",
+        description="Further vLLM AsyncEngineArgs passed through unchanged (load_format, ...). "
+        "With adapters (models.aliases.*.lora), enable_lora and max_lora_rank are derived "
+        "from them and refused here; max_loras (default: one per adapter) may be set.",
     )
 
 
@@ -169,13 +171,21 @@ class AliasSettings(_Section):
         max_length=200,
         description="Said in place of a URL when speech_filter is on (e.g. 链接 for Chinese).",
     )
+    lora: str | None = Field(
+        None,
+        min_length=1,
+        description="Serve this alias through a LoRA adapter on the base checkpoint: a local "
+        "directory with an adapter_config.json, or a hub id (from the cache, else downloaded "
+        "once at start-up). None: the base model. A missing adapter refuses start-up.",
+    )
 
 
 class ModelsSettings(_Section):
     default: str = Field("qwen-plus", description="Alias used for names not in `aliases`.")
     aliases: dict[str, AliasSettings] = Field(
         default_factory=lambda: {"qwen-plus": AliasSettings()},
-        description="Request `model` names served by the checkpoint, with per-alias prompts.",
+        description="Request `model` names served by the checkpoint, with per-alias prompts "
+        "and optional LoRA adapters.",
     )
 
     @model_validator(mode="after")

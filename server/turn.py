@@ -93,6 +93,7 @@ class TurnPlan:
     thinking: bool = False  # Qwen3 reasoning comes first in the reply and is not spoken
     speech_filter: bool = False  # remove what a voice cannot say (server/speech.py)
     url_phrase: str = "the link"  # said in place of a URL when speech_filter is on
+    adapter: str | None = None  # the alias's LoRA adapter (`Adapter.name`); None: base model
 
 
 @dataclass
@@ -137,7 +138,7 @@ class Turn:
         """Non-empty text pieces of the reply; sets `finish_reason` and the outcome."""
         plan, rec = self.plan, self.record
         rec.stage = "before_first_token"
-        deltas = self._engine.generate(plan.engine_id, plan.token_ids, plan.sampling)
+        deltas = self._engine.generate(plan.engine_id, plan.token_ids, plan.sampling, plan.adapter)
         thinking = self._thinking
         stream = self._filtered(deltas) if self._filters else deltas
         done = False

@@ -44,6 +44,7 @@ from typing import Any
 
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from server.adapters import Adapters
 from server.admission import Admission
 from server.engine import Engine, SharedCore
 from server.exits import EXIT_ENGINE_DEAD, EXIT_LOAD_FAILED, EXIT_WORKER_DIED
@@ -72,14 +73,15 @@ class WorkerPayload:
 
     settings: Settings
     codes: list[str]
+    adapters: Adapters
     in_flight: Synchronized[int]
     connected: Synchronized[int]  # workers whose engine client is up (start-up watchdog)
 
 
 async def _connect(
-    client: dict[str, Any], connected: Synchronized[int], settings: Settings
+    client: dict[str, Any], connected: Synchronized[int], settings: Settings, adapters: Adapters
 ) -> Engine:
-    engine = await Engine.connect(settings.engine, client)
+    engine = await Engine.connect(settings.engine, adapters, client)
     with connected.get_lock():
         connected.value += 1
     return engine
@@ -110,6 +112,7 @@ def worker_main(
         engine_factory=partial(_connect, client, payload.connected),
         admission=Admission(payload.in_flight),
         peers_ready=lambda: payload.connected.value >= payload.settings.server.workers,
+        adapters=payload.adapters,
     )
     runtime = app.state.runtime
 
@@ -227,7 +230,7 @@ class Supervisor:
             self._signal_workers(signal.SIGTERM)
 
 
-def supervise(settings: Settings, codes: list[str]) -> int:
+def supervise(settings: Settings, codes: list[str], adapters: Adapters) -> int:
     """Run the server as a supervisor, one engine core and `server.workers` workers."""
     host, port = settings.server.host, settings.server.port
     # Every worker writes its metrics here; whichever answers /metrics sums them all.
@@ -238,7 +241,7 @@ def supervise(settings: Settings, codes: list[str]) -> int:
     signal.signal(signal.SIGINT, sup.on_signal)
     try:
         for attempt in range(1, START_ATTEMPTS + 1):
-            code = _run_once(settings, codes, sup, host, port)
+            code = _run_once(settings, codes, adapters, sup, host, port)
             if code != _STALLED:
                 break
             log.warning(
@@ -260,17 +263,20 @@ def supervise(settings: Settings, codes: list[str]) -> int:
     return code
 
 
-def _run_once(settings: Settings, codes: list[str], sup: Supervisor, host: str, port: int) -> int:
+def _run_once(
+    settings: Settings, codes: list[str], adapters: Adapters, sup: Supervisor, host: str, port: int
+) -> int:
     n = settings.server.workers
     socks = listeners(settings.server, n)
     port = socks[0][0].getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     connected: Synchronized[int] = ctx.Value("i", 0)
-    payload = WorkerPayload(settings, codes, ctx.Value("i", 0), connected)
+    payload = WorkerPayload(settings, codes, adapters, ctx.Value("i", 0), connected)
     log.info("starting the engine core and %d front-end workers on %s:%d", n, host, port)
     try:
         core = SharedCore.launch(
             settings.engine,
+            adapters,
             n,
             worker_main,
             f"http://{host}:{port}",

@@ -54,3 +54,12 @@ def test_keepalive_pings_need_sse_starlette(monkeypatch: pytest.MonkeyPatch) -> 
         load_settings(None)
     monkeypatch.setenv("CALLGATE_SERVER__SSE", "sse-starlette")
     assert load_settings(None).server.sse_ping_s == 15
+
+
+def test_an_alias_may_name_a_lora_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("models:\n  aliases:\n    qwen-plus: {}\n    qwen-plus-hotel:\n      lora: /a\n")
+    aliases = load_settings(cfg).models.aliases
+    assert aliases["qwen-plus"].lora is None and aliases["qwen-plus-hotel"].lora == "/a"
+    monkeypatch.setenv("CALLGATE_MODELS__ALIASES", '{"qwen-plus": {"lora": "acme/hotel"}}')
+    assert load_settings(None).models.aliases["qwen-plus"].lora == "acme/hotel"
