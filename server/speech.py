@@ -15,6 +15,7 @@ and the rest of each delta passes through at once. Feeding any split of a text a
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 _URL_STARTS = ("https://", "http://", "www.")
@@ -26,6 +27,14 @@ _DROP_CATEGORIES = frozenset({"So", "Sk", "Me", "Co", "Cs", "Cn"})
 _DROP_CHARS = frozenset("\u200d\ufe0e\ufe0f*|")  # joiners, variation selectors, * and table pipes
 _URL_END = frozenset(")]>\"'<，。、！？；：（）")
 _LIST_BULLETS = frozenset("-*+•")
+# Characters spoken as they are, in runs: ASCII letters and digits, common Chinese characters.
+_PLAIN_RUN = re.compile(r"[A-Za-z0-9]+|[\u4e00-\u9fff]+")
+# A whole delta that needs no filtering: words, common punctuation, single spaces before a
+# word (not before punctuation, not after an opening bracket), maybe one trailing space.
+_PLAIN_DELTA = re.compile(
+    r"(?:[A-Za-z0-9,.!?'\";:%$&+=/@)]|(?<![( ]) (?=[A-Za-z0-9\"'$&+=/@(]))+ ?"
+)
+_LAST_WORD = re.compile(r"(?:^|[^a-z0-9])([a-z]+)$")  # a word that may start a URL
 
 
 def is_cjk(ch: str) -> bool:
@@ -57,9 +66,38 @@ class SpeechFilter:
         self.filtered = 0  # characters removed or replaced (markup, symbols, URLs, code)
 
     def feed(self, text: str) -> str:
+        if not self._buf and self._plain(text):
+            # Nothing to filter, no marker split across the delta: spoken as it came.
+            body = text.rstrip(" ")
+            self._space = len(body) < len(text)
+            self._last = body[-1]
+            return body
         self._buf += text
         self._run(final=False)
         return self._take()
+
+    def _plain(self, text: str) -> bool:
+        """The delta is ordinary words and punctuation, and the machine is between words in
+        running text: the characters come out exactly as the machine would give them."""
+        if (
+            self._in_fence
+            or self._in_url
+            or self._link_depth
+            or self._line_start
+            or self._break
+            or self._space
+            or not self._last
+            or self._last in _NO_SPACE_AFTER
+            or is_cjk(self._last)
+        ):
+            return False
+        if not _PLAIN_DELTA.fullmatch(text) or text.isspace():
+            return False
+        lower = text.lower()
+        if "http" in lower or "www" in lower:
+            return False
+        tail = _LAST_WORD.search(lower)
+        return not (tail and any(u.startswith(tail.group(1)) for u in ("https", "www")))
 
     def finish(self) -> str:
         self._run(final=True)
@@ -169,6 +207,11 @@ class SpeechFilter:
                 self._link_depth = 1
                 return self._drop(2)
             return self._drop(1)
+        if not (word_start and ch in "hHwW"):
+            run = _PLAIN_RUN.match(buf)
+            if run:  # the common case: a word (or Chinese text) with nothing in it to filter
+                self._say(run.group())
+                return run.end()
         if word_start and ch in "hHwW":
             lower = buf[:8].lower()
             for start in _URL_STARTS:

@@ -78,7 +78,8 @@ def test_the_count_of_filtered_characters() -> None:
 
 
 _ALPHABET = st.sampled_from(
-    [*"ab c12.-*_~`#>[]()\n\t:!h", "http", "https://", "www.", "```", "😊", "你好", "。", "、"]
+    [*"ab c12.-*_~`#>[]()\n\t:!h,", "http", "https://", "www.", "```", "😊", "你好", "。", "、"]
+    + [" how", " w", "ttp", "ww", "s://", " (", "  ", ", ", "we ", " http", "ht"]
 )
 
 
