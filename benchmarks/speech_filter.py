@@ -56,7 +56,7 @@ def per_delta_ns(deltas: list[str], make: Callable[[], SpeechFilter | None], rou
         f = make()
         start = time.perf_counter_ns()
         if f is None:
-            out = [d for d in deltas]
+            out = list(deltas)
         else:
             out = [f.feed(d) for d in deltas]
             out.append(f.finish())
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=300)
     p.add_argument("--out", type=Path, help="write the table (markdown) here too")
     args = p.parse_args(argv)
-    rows = ["| reply | deltas | without filter, ns/delta | with filter, ns/delta | filtered chars |"]
+    head = "| reply | deltas | without filter, ns/delta | with filter, ns/delta | filtered chars |"
+    rows = [head]
     rows.append("|---|---|---|---|---|")
     for name, text in REPLIES.items():
         deltas = deltas_of(text)
