@@ -87,6 +87,9 @@ class Switchboard:
             )
         try:
             self.engine.check_admission()
+        except Overloaded as e:  # vLLM's own queue limits: the same 503 as ours
+            self.admission.leave()
+            raise Overloaded(e.message, headers=self._retry_after()) from None
         except BaseException:
             self.admission.leave()
             raise
