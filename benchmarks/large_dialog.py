@@ -5,7 +5,7 @@
 A caller with a code may send a dialog of thousands of messages (up to the 1 MiB body limit).
 Rendering the chat template and tokenizing it costs most of a second when none of it is
 cached, and a dialog too long for the context is rendered several times while its oldest turns
-are dropped. callgate plans such a dialog in a thread (`Gateway.plan`); this measures what
+are dropped. callgate plans such a dialog in a thread (`Switchboard.plan`); this measures what
 another caller hears meanwhile: a long stream runs, the huge dialog is sent, and the longest
 gap between the stream's chunks while the huge dialog waits for its answer is recorded, next to
 the longest gap of the same stream in a window of the same length without it.

@@ -17,7 +17,7 @@ class Admission:
     def __init__(self, shared: Synchronized[int] | None = None) -> None:
         self._shared = shared
         self._local = 0
-        self.limit = 0  # set once the engine's size is known (Gateway)
+        self.limit = 0  # set once the engine's size is known (Switchboard)
 
     def try_enter(self) -> bool:
         """Take a slot if one is free; False means refuse the turn."""

@@ -1,10 +1,11 @@
-"""The app factory and its routes: glue between HTTP and the gateway.
+"""The app factory and its routes: glue between HTTP and the switchboard.
 
 Request flow (one turn): auth from the header, before the body is read -> bounded body read ->
-`parse_request` -> `Gateway.admit` (503 at once when full, draining or dead) -> `Gateway.plan`
-(prompt tokens, sampling) -> `Gateway.start` -> a response object that iterates the engine
-inside the response body. When the caller hangs up, Starlette cancels the body, and the turn's
-`finally` aborts the engine request.
+`parse_request` -> `Runtime.admit` (503 at once when loading, draining, full or dead) ->
+`Switchboard.plan` (prompt tokens, the engine's validated sampling values) -> `Switchboard.start`
+-> a response object that iterates the engine inside the response body. Every refusal happens
+before that, and is counted by `Runtime.refused`. When the caller hangs up, Starlette cancels
+the body, and the turn's `finally` aborts the engine request.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from server.admission import Admission
 from server.auth import Authenticator
 from server.errors import (
     CallgateError,
+    ClientGone,
     EngineFailed,
-    EngineUnavailable,
     MethodNotAllowed,
     NotFound,
     Unauthorized,
@@ -122,28 +123,25 @@ def _routes(app: FastAPI, settings: Settings) -> None:
             body = await read_body(request, settings.server.max_body_bytes)
             req = parse_request(body)
             model, session = req.model, req.session_id
-            gateway = runtime.gateway
-            if gateway is None:
-                raise EngineUnavailable("the engine is still loading", headers={"Retry-After": "5"})
-            gateway.admit()
+            board = runtime.admit()
             try:
-                plan = await gateway.plan(req, rid, arrival)
+                plan = await board.plan(req, rid, arrival)
             except BaseException:
-                gateway.unadmit()
+                board.unadmit()
                 raise
         except ClientDisconnect:
-            runtime.metrics.requests.labels(settings.models.default, "client_gone").inc()
-            log.info("request %s: client left while sending the body", rid)
-            return Response(status_code=499)
+            gone = ClientGone("the client left while sending the body")
+            runtime.refused(gone, rid, model, arrival, session)
+            return Response(status_code=gone.status)
         except CallgateError as err:
-            _rejected(runtime, err, rid, model, arrival, session)
+            runtime.refused(err, rid, model, arrival, session)
             return error_response(err, rid)
         except Exception:
             log.exception("request %s failed before streaming", rid)
             failure = EngineFailed("internal error while preparing the turn")
-            _rejected(runtime, failure, rid, model, arrival, session)
+            runtime.refused(failure, rid, model, arrival, session)
             return error_response(failure, rid)
-        turn = gateway.start(plan)
+        turn = board.start(plan)
         headers = {"X-Request-Id": rid}
         if req.stream:
             return stream_class(
@@ -183,16 +181,6 @@ def _routes(app: FastAPI, settings: Settings) -> None:
             return error_response(err, request_id(None))
         body, content_type = runtime.metrics.render(request.headers.get("accept", ""))
         return Response(body, media_type=content_type)
-
-
-def _rejected(
-    runtime: Runtime, err: CallgateError, rid: str, model: str, arrival: float, session: str | None
-) -> None:
-    if runtime.gateway is not None:
-        runtime.gateway.rejected(err, rid, model, arrival, session)
-    else:
-        runtime.metrics.requests.labels(runtime.settings.models.default, err.outcome).inc()
-        log.info("request %s refused: %s", rid, err.message)
 
 
 def _error_handlers(app: FastAPI) -> None:

@@ -37,7 +37,8 @@ from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from server.adapters import Adapters
-from server.errors import EngineUnavailable, InvalidRequest, Overloaded
+from server.engine_api import Delta, EngineParams
+from server.errors import InvalidRequest, Overloaded
 from server.settings import EngineSettings
 
 log = logging.getLogger(__name__)
@@ -52,26 +53,6 @@ try:
     from vllm.exceptions import VLLMValidationError as _Invalid
 except ImportError:  # pragma: no cover - older vLLM
     _Invalid = ValueError  # type: ignore[assignment,misc]
-
-
-class Delta:
-    """One engine step for one turn: new text, cumulative counts, and whether it is the last."""
-
-    __slots__ = ("cached_tokens", "finish_reason", "finished", "new_tokens", "text")
-
-    def __init__(
-        self,
-        text: str,
-        new_tokens: int,
-        finished: bool,
-        finish_reason: str | None,
-        cached_tokens: int,
-    ) -> None:
-        self.text = text
-        self.new_tokens = new_tokens
-        self.finished = finished
-        self.finish_reason = finish_reason
-        self.cached_tokens = cached_tokens
 
 
 def _tokens_input(token_ids: list[int]) -> Any:
@@ -111,7 +92,7 @@ def engine_args(settings: EngineSettings, adapters: Adapters) -> AsyncEngineArgs
 
 
 class Engine:
-    """A running engine. Create with `await Engine.start(settings, adapters)`."""
+    """A running engine (`server.engine_api.Engine`). Create with `await Engine.start(...)`."""
 
     def __init__(self, llm: AsyncLLM, adapters: Adapters) -> None:
         self._llm = llm
@@ -222,18 +203,26 @@ class Engine:
         except _Overflow as e:
             raise Overloaded(f"engine queue is full: {e}") from None
 
+    def params(self, sampling: dict[str, Any]) -> EngineParams:
+        """vLLM's `SamplingParams` for a turn, built while it is planned so that vLLM's own
+        validation (e.g. `min_tokens` above the caller's `max_tokens`) is a 400, not an
+        in-band failure after the response has started."""
+        try:
+            params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        except (_Invalid, ValueError) as e:  # 0.32: VLLMValidationError; 0.26: ValueError
+            raise InvalidRequest(str(e)) from None
+        return EngineParams(params)
+
     async def generate(
         self,
         request_id: str,
         token_ids: list[int],
-        sampling: dict[str, Any],
+        params: EngineParams,
         adapter: str | None = None,
     ) -> AsyncGenerator[Delta, None]:
         """Stream the turn's deltas, from the base model or through `adapter` (an
         `Adapter.name`). Closing or cancelling the iterator aborts the request."""
-        if self._llm.errored:
-            raise EngineUnavailable("the engine is not running")
-        params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
+        assert isinstance(params, SamplingParams)
         lora = None if adapter is None else self._loras[adapter]
         prompt = _tokens_input(token_ids)
         try:

@@ -3,7 +3,7 @@
 Before the first byte of a response, an error is an HTTP status with a JSON body carrying both
 OpenAI's shape (`{"error": {"message", "type", "code"}}`) and DashScope's top-level `code`,
 `message`, `request_id` (the console's test button shows that body). After the stream has
-started there is no status to change: `stream.py` ends the turn in-band with the fallback
+started there is no status to change: the turn (`turn.py`) ends in-band with the fallback
 sentence instead. Each error also names the `outcome` it is counted under in the metrics.
 """
 
@@ -68,6 +68,12 @@ class EngineUnavailable(CallgateError):
     """The engine is loading or dead: nothing this request did wrong."""
 
     status, type, code, outcome = 503, "service_unavailable", "engine_unavailable", "error"
+
+
+class ClientGone(CallgateError):
+    """The caller left before the request became a turn (nobody reads the answer)."""
+
+    status, type, code, outcome = 499, "client_closed_request", "client_gone", "client_gone"
 
 
 class EngineFailed(CallgateError):

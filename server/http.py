@@ -1,13 +1,14 @@
 """HTTP edges: bounded reads, error responses, and the two ways a turn leaves the server.
 
-A turn's response object owns the turn's end: whatever happens to the connection (finished,
-cut off by the turn deadline, the client gone before the first byte) its `__call__` ends in
-`turn.finish()`, so every admitted turn is accounted once.
+The response classes only move bytes: the turn (`server/turn.py`) decides every byte of the
+reply, its outcome and its ending, its deadline included. What they add is what only the
+connection knows: a caller who hangs up (the turn is cancelled, and aborts the engine request)
+and a turn still not ended `TURN_GRACE_S` after its deadline (`Turn.cut_off`). Whatever happens
+to the connection, `__call__` ends in `turn.finish()`, so every admitted turn is accounted once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from typing import Any
@@ -22,7 +23,7 @@ from server.errors import CallgateError, PayloadTooLarge, error_body
 from server.turn import Turn
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# After turn_s: how long a reading caller gets to receive the fallback ending.
+# After turn_s: how long the turn's interrupt gets to end it with the fallback ending.
 TURN_GRACE_S = 2.0
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -59,25 +60,22 @@ def error_response(err: CallgateError, rid: str) -> Response:
 
 
 class _TurnResponse:
-    """Shared by both stream classes: turn deadline around the whole response, then account."""
+    """Shared by both stream classes: a hard cut after the turn's deadline, then account."""
 
     turn: Turn
     turn_s: float
 
     async def _serve(self, parent_call: Any, scope: Scope, receive: Receive, send: Send) -> None:
-        # At turn_s the turn is interrupted: the engine request is aborted and a caller who is
-        # still reading hears the fallback ending. One who stopped reading cannot take it, so
-        # the response is cut TURN_GRACE_S later.
-        timer = asyncio.get_running_loop().call_later(self.turn_s, self.turn.interrupt, "deadline")
+        # At turn_s the turn interrupts itself and a caller who is still reading hears the
+        # fallback ending. One who stopped reading cannot take it: cut TURN_GRACE_S later.
         try:
             with anyio.move_on_after(self.turn_s + TURN_GRACE_S) as cut:
                 await parent_call(scope, receive, send)
-            if cut.cancelled_caught:  # a reader that stopped reading
-                self.turn.record.outcome = "deadline"
+            if cut.cancelled_caught:
+                self.turn.cut_off()
         except ClientDisconnect:
             pass  # the turn records client_gone; there is nobody to answer
         finally:
-            timer.cancel()
             self.turn.finish()
 
 
@@ -113,7 +111,9 @@ class PlainStream(_TurnResponse, StreamingResponse):
 
 
 class Completion(Response):
-    """`stream: false`: the whole reply as one JSON body, still aborted if the client leaves."""
+    """`stream: false`: the whole reply as one JSON body. A caller who hangs up is noticed at
+    once (nothing is sent until the end, so only `http.disconnect` can say so): the turn is
+    cancelled and aborts the engine request."""
 
     def __init__(self, turn: Turn, *, turn_s: float, headers: dict[str, str]) -> None:
         super().__init__(media_type="application/json", headers=headers)
@@ -133,14 +133,13 @@ class Completion(Response):
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch, tg.cancel_scope)
-                with anyio.move_on_after(self.turn_s):
+                # At turn_s the turn interrupts itself and ends with what it said so far and
+                # the fallback; the cut is for an engine that does not stop even then.
+                with anyio.move_on_after(self.turn_s + TURN_GRACE_S):
                     body = await self.turn.completion()
                 tg.cancel_scope.cancel()
             if body is None and not gone:
-                self.turn.record.outcome = "deadline"
-                body = self.turn.plan.renderer.completion(
-                    self.turn.plan.fallback_text, "stop", len(self.turn.plan.token_ids), 0, 0
-                )
+                body = self.turn.cut_off()
             if not gone and body is not None:
                 response = Response(body, media_type="application/json", headers=self.extra_headers)
                 await response(scope, receive, send)

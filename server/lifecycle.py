@@ -5,6 +5,11 @@ loads (about 30 s on a CPU, minutes for a large checkpoint on a GPU). The watchd
 engine death into what a supervisor understands: `/health` 503 and a non-zero exit. A shutdown
 signal first drains: `/ready` and new turns say 503 at once, turns in flight get `drain_s` to
 finish, the rest end with the fallback sentence, then the process exits 0.
+
+The runtime's `state` is the one record of loading, ready, draining and dead: `admit` reads it
+before the switchboard is asked, and `refused` is the one place a refused request is counted
+and logged, whether or not the engine has loaded. The engine comes from `engine_factory`
+(`server.engine` by default; tests pass a scripted engine, `tests/scripted_engine.py`).
 """
 
 from __future__ import annotations
@@ -17,22 +22,26 @@ from collections.abc import Awaitable, Callable
 from server import __version__
 from server.adapters import Adapters
 from server.admission import Admission
-from server.engine import VLLM_VERSION, Engine
+from server.engine import VLLM_VERSION
+from server.engine import Engine as VllmEngine
+from server.engine_api import Engine
+from server.errors import CallgateError, Draining, EngineUnavailable
 from server.exits import EXIT_ENGINE_DEAD, EXIT_ENGINE_HUNG, EXIT_INTERNAL, EXIT_LOAD_FAILED
-from server.gateway import Gateway
 from server.logs import one_line
 from server.metrics import Metrics
 from server.settings import Settings
+from server.switchboard import Switchboard
 from server.tokenizer import ChatTokenizer
 
 log = logging.getLogger("callgate")
+turns = logging.getLogger("callgate.turn")  # the per-turn log lines, refusals included
 
 EngineFactory = Callable[[Settings, Adapters], Awaitable[Engine]]
 WATCH_INTERVAL_S = 0.5
 
 
 async def start_engine(settings: Settings, adapters: Adapters) -> Engine:
-    return await Engine.start(settings.engine, adapters)
+    return await VllmEngine.start(settings.engine, adapters)
 
 
 class Runtime:
@@ -51,7 +60,7 @@ class Runtime:
         # With several workers: whether every worker has its engine (/ready is server-wide).
         self._peers_ready = peers_ready
         self.metrics = metrics
-        self.gateway: Gateway | None = None
+        self.switchboard: Switchboard | None = None
         self.state = "loading"  # loading -> ready -> draining | dead
         self.exit_code = 0
         self._engine_factory = engine_factory
@@ -73,7 +82,8 @@ class Runtime:
                 enable_thinking=s.sampling.enable_thinking,
             )
             engine = await self._engine_factory(s, self.adapters)
-            self.gateway = Gateway(s, engine, tokenizer, self.metrics, self._admission)
+            board = Switchboard(s, engine, tokenizer, self.metrics, self._admission)
+            self.switchboard = board
         except Exception as e:
             # One line says why; the traceback is for the debug log (`server.log_level: debug`).
             log.error("engine failed to start: %s", one_line(e))
@@ -90,7 +100,7 @@ class Runtime:
             s.engine.model,
             engine.max_model_len,
             engine.max_num_seqs,
-            self.gateway.max_in_flight,
+            board.max_in_flight,
             self.adapters.describe(),
         )
         await self._watch(engine)
@@ -100,10 +110,10 @@ class Runtime:
         hung_s = readiness.stall_s * readiness.hung_exit_after
         while engine.alive:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            if self.gateway is None:
+            if self.switchboard is None:
                 continue
-            self.gateway.tick()
-            if hung_s and self.gateway.stalled(hung_s):
+            self.switchboard.tick()
+            if hung_s and self.switchboard.stalled(hung_s):
                 if self.state in ("stopped", "dead"):
                     return
                 log.error(
@@ -121,32 +131,67 @@ class Runtime:
     async def _die(self, code: int) -> None:
         self.state = "dead"
         self.metrics.engine_up.set(0)
-        if code == EXIT_ENGINE_HUNG and self.gateway is not None:
-            for turn in list(self.gateway.open_turns):
+        if code == EXIT_ENGINE_HUNG and self.switchboard is not None:
+            for turn in list(self.switchboard.open_turns):
                 turn.interrupt("error")
         await self._wait_turns(2.0)  # let open turns flush their fallback endings
         self._exit(code)
 
     def engine_lost(self) -> None:
         """The supervisor saw the shared engine core die: fail this worker's client of it."""
-        if self.gateway is not None:
+        if self.switchboard is not None:
             log.error("the supervisor reports that the engine core died")
-            self.gateway.engine.core_lost()
+            self.switchboard.engine.core_lost()
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def admit(self) -> Switchboard:
+        """The switchboard, with a slot held for this request; or the reason for a 503."""
+        retry = {"Retry-After": str(self.settings.limits.retry_after_s)}
+        if self.state == "draining":
+            raise Draining("the server is shutting down", headers=retry)
+        board = self.switchboard
+        if board is None:
+            raise EngineUnavailable("the engine is still loading", headers=retry)
+        if self.state in ("dead", "stopped"):
+            raise EngineUnavailable("the engine is not running", headers=retry)
+        board.admit()
+        return board
+
+    def refused(
+        self, err: CallgateError, request_id: str, model: str, arrival: float, session: str | None
+    ) -> None:
+        """Count and log a request refused before it became a turn."""
+        aliases = self.settings.models.aliases
+        alias = model if model in aliases else self.settings.models.default
+        self.metrics.requests.labels(alias, err.outcome).inc()
+        fields = {
+            "event": "turn",
+            "request_id": request_id,
+            "session_id": session,
+            "model": model,
+            "alias": alias,
+            "outcome": err.outcome,
+            "status": err.status,
+            "error": err.message,
+            "total_ms": round((time.perf_counter() - arrival) * 1000, 1),
+        }
+        turns.info("turn %s %s", request_id, err.outcome, extra={"turn": fields})
 
     # -- health ------------------------------------------------------------------------------
 
     @property
     def alive(self) -> bool:
-        return self.gateway is not None and self.gateway.engine.alive
+        return self.switchboard is not None and self.switchboard.engine.alive
 
     def readiness(self) -> tuple[bool, str]:
-        if self.state != "ready" or self.gateway is None:
+        if self.state != "ready" or self.switchboard is None:
             return False, self.state
         if self._peers_ready is not None and not self._peers_ready():
             return False, "loading"
-        if not self.gateway.engine.alive:
+        if not self.switchboard.engine.alive:
             return False, "dead"
-        if self.gateway.stalled():
+        if self.switchboard.stalled():
             return False, "stalled"
         return True, "ready"
 
@@ -156,17 +201,15 @@ class Runtime:
         if self.state in ("draining", "dead", "stopped"):
             return
         self.state = "draining"
-        if self.gateway is not None:
-            self.gateway.draining = True
         log.info("draining: up to %.1f s for turns in flight", self.settings.shutdown.drain_s)
         self._spawn(self._drain())
 
     async def _drain(self) -> None:
         end = time.monotonic() + self.settings.shutdown.drain_s
         await self._wait_turns(self.settings.shutdown.drain_s)
-        if self.gateway is not None and self.gateway.open_turns:
-            log.warning("drain time over: %d turns end early", len(self.gateway.open_turns))
-            for turn in list(self.gateway.open_turns):
+        if self.switchboard is not None and self.switchboard.open_turns:
+            log.warning("drain time over: %d turns end early", len(self.switchboard.open_turns))
+            for turn in list(self.switchboard.open_turns):
                 turn.interrupt("draining")
             await self._wait_turns(2.0)
         # With several workers, one without turns keeps its socket (answering 503) while the
@@ -178,11 +221,11 @@ class Runtime:
         await self._wait(self._has_open_turns, seconds)
 
     def _has_open_turns(self) -> bool:
-        return self.gateway is not None and bool(self.gateway.open_turns)
+        return self.switchboard is not None and bool(self.switchboard.open_turns)
 
     def _server_busy(self) -> bool:
         """Turns in flight anywhere in the server (every worker's, with several)."""
-        return self.gateway is not None and self.gateway.admission.in_flight > 0
+        return self.switchboard is not None and self.switchboard.admission.in_flight > 0
 
     @staticmethod
     async def _wait(busy: Callable[[], bool], seconds: float) -> None:
@@ -196,10 +239,10 @@ class Runtime:
         self.state = "stopped"
         for task in self._tasks:
             task.cancel()
-        if self.gateway is not None:
+        if self.switchboard is not None:
             self.metrics.engine_up.set(0)
             try:
-                self.gateway.engine.stop()
+                self.switchboard.engine.stop()
             except Exception:
                 log.exception("engine shutdown failed (state was %s)", prior)
 

@@ -28,7 +28,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from server.errors import ContextTooLong, InvalidRequest
 
-Turn = tuple[str, str]  # (role, text)
+Message = tuple[str, str]  # (role, text): one message of the dialog
 
 
 class Encoder(Protocol):
@@ -63,7 +63,7 @@ class SystemPrompts:
             ) from None
 
 
-def assemble(system_prompt: str, turns: Sequence[Turn]) -> list[Turn]:
+def assemble(system_prompt: str, turns: Sequence[Message]) -> list[Message]:
     """One system message first (alias prompt, then the request's own), then the dialog."""
     system = [system_prompt] if system_prompt else []
     system += [text for role, text in turns if role == "system" and text]
@@ -82,7 +82,7 @@ class PromptBuilder:
         self._nonce = secrets.token_hex(8)
         self._split = re.compile(f"\x1f{self._nonce}:(\\d+)\x1f")
 
-    def build(self, dialog: Sequence[Turn]) -> Prompt:
+    def build(self, dialog: Sequence[Message]) -> Prompt:
         texts = [self._encoder.encode_text(text) for _, text in dialog]
         keep_head = 1 if dialog and dialog[0][0] == "system" else 0
 
@@ -114,7 +114,7 @@ class PromptBuilder:
         return Prompt(ids, dropped)
 
     def _render(
-        self, dialog: Sequence[Turn], texts: list[Sequence[int]], chosen: list[int]
+        self, dialog: Sequence[Message], texts: list[Sequence[int]], chosen: list[int]
     ) -> list[int]:
         messages = [{"role": dialog[i][0], "content": f"\x1f{self._nonce}:{i}\x1f"} for i in chosen]
         try:

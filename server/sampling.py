@@ -2,7 +2,8 @@
 
 The order is vLLM's own server's: the checkpoint's `generation_config` defaults first, then the
 request's values, then the server's limits (a speech-sized `max_tokens` cap, the room left in
-the context, one choice). Pure: the engine adapter turns the result into `SamplingParams`.
+the context, one choice). Pure: the engine turns the result into its own sampling object while
+the turn is planned (`Engine.params`), so what the engine refuses is a 400 before the response.
 """
 
 from __future__ import annotations
@@ -50,9 +51,12 @@ def sampling_kwargs(
         params["top_k"] = 0
 
     wanted = request.requested_max_tokens or params.get("max_tokens") or max_tokens_cap
-    params["max_tokens"] = max(1, min(wanted, max_tokens_cap, room))
+    limit = max(1, min(max_tokens_cap, room))
+    params["max_tokens"] = min(wanted, limit)
     if request.min_tokens is not None:
-        params["min_tokens"] = min(request.min_tokens, params["max_tokens"])
+        # The server's limits lower min_tokens with max_tokens (the caller cannot know them);
+        # a caller's own min_tokens above its own max_tokens is left for the engine to refuse.
+        params["min_tokens"] = min(request.min_tokens, limit)
     params["n"] = 1
     if banned_token_ids:
         params["logit_bias"] = {tid: -100.0 for tid in banned_token_ids}

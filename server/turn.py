@@ -17,6 +17,13 @@ With the alias's `speech_filter` on (`TurnPlan.speech_filter`), the text then pa
 (a possibly split marker) is released with the engine's last delta. Filters change text only:
 counts, the stall clock and finish reasons are the engine's.
 
+The turn owns its outcome and its ending, for streams and `stream: false` alike. Its deadline
+(`turn_s` after arrival) and a shutdown that cannot wait take the same path, `interrupt`: the
+engine request is aborted, the engine's stream ends, and the reply ends with what was said so
+far, the fallback sentence and the true token counts. The response classes (`server/http.py`)
+only move bytes; when even the interrupt cannot end a turn in time (an engine that does not
+stop, a caller who stopped reading), they cut it with `cut_off`, which records why.
+
 `finish()` is the single place where a turn is accounted: metrics, the log line, the in-flight
 gauge. It is idempotent and is also called by the response wrapper, so a turn whose body never
 started (the client left before the headers) is still counted exactly once.
@@ -29,14 +36,14 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from server.chunks import DONE, ChunkRenderer
 from server.speech import SpeechFilter
 from server.thinking import ThinkingFilter
 
 if TYPE_CHECKING:
-    from server.engine import Delta, Engine
+    from server.engine_api import Delta, Engine, EngineParams
     from server.metrics import Metrics
     from server.schemas import ChatRequest
 
@@ -84,10 +91,11 @@ class TurnPlan:
     alias: str
     request: ChatRequest
     token_ids: list[int]
-    sampling: dict[str, Any]
+    sampling: EngineParams  # built and validated by the engine while planning
     renderer: ChunkRenderer
     fallback_text: str
     first_token_s: float
+    turn_s: float  # the whole turn, from arrival: then `interrupt("deadline")`
     arrival: float  # time.perf_counter() when the request arrived
     dropped_turns: int = 0
     thinking: bool = False  # Qwen3 reasoning comes first in the reply and is not spoken
@@ -131,6 +139,7 @@ class Turn:
         self._thinking = ThinkingFilter() if plan.thinking else None
         self.speech = SpeechFilter(plan.url_phrase) if plan.speech_filter else None
         self._filters: list[TextFilter] = [f for f in (self._thinking, self.speech) if f]
+        self._said: list[str] = []  # `stream: false`: the reply so far
 
     # -- the state machine -------------------------------------------------------------------
 
@@ -142,6 +151,10 @@ class Turn:
         thinking = self._thinking
         stream = self._filtered(deltas) if self._filters else deltas
         done = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.call_at(
+            _loop_time_at(plan.arrival + plan.turn_s), self.interrupt, "deadline"
+        )
         try:
             try:
                 async with asyncio.timeout_at(_loop_time_at(plan.arrival + plan.first_token_s)):
@@ -177,6 +190,7 @@ class Turn:
             log.exception("turn %s failed in the engine", plan.request_id)
             yield self._joiner() + plan.fallback_text
         finally:
+            deadline.cancel()
             if not done:
                 await self._engine.abort(plan.engine_id)
             if stream is not deltas:
@@ -258,18 +272,32 @@ class Turn:
 
     async def completion(self) -> bytes:
         """The whole reply as one `chat.completion` body (`stream: false`)."""
-        parts = [text async for text in self.texts()]
-        body = self.plan.renderer.completion(
-            "".join(parts),
+        said = self._said
+        async for text in self.texts():
+            said.append(text)
+        if said:
+            self._observe_ttft()
+        self.finish()
+        return self._body()
+
+    def cut_off(self) -> bytes:
+        """The response gave up on the turn `TURN_GRACE_S` after its deadline: the interrupt
+        did not end it (an engine that does not stop) or the caller stopped reading. The
+        outcome is `deadline`; for `stream: false`, the body of what was said, then the
+        fallback ending."""
+        self.record.outcome = "deadline"
+        if not self._said or not self._said[-1].endswith(self.plan.fallback_text):
+            self._said.append(self._joiner() + self.plan.fallback_text)
+        return self._body()
+
+    def _body(self) -> bytes:
+        return self.plan.renderer.completion(
+            "".join(self._said),
             self.finish_reason,
             len(self.plan.token_ids),
             self.record.output_tokens,
             self.record.cached_tokens,
         )
-        if parts:
-            self._observe_ttft()
-        self.finish()
-        return body
 
     def _observe_ttft(self) -> None:
         # The caller hears the first content now: measured here, at the edge.
@@ -279,7 +307,9 @@ class Turn:
     # -- control -----------------------------------------------------------------------------
 
     def interrupt(self, reason: str) -> None:
-        """End the turn early with the fallback ending (shutdown drain ran out)."""
+        """End the turn early with the fallback ending: its deadline (`deadline`), a drain that
+        ran out (`draining`), a hung engine (`error`). The engine's stream ends on the abort,
+        and `texts` says the fallback sentence after what was already said."""
         if self._finished or self._interrupt is not None:
             return
         self._interrupt = reason

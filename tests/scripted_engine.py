@@ -1,60 +1,177 @@
-"""A scripted engine: planned deltas, errors and ends, for unit tests of `Turn` (the real engine
-is the main tier; this reaches what a random-weight model cannot be made to write on demand).
+"""A scripted engine (`server.engine_api.Engine`): planned deltas, errors and stalls, for unit tests
+of `Turn`, `Switchboard` and `Runtime`. The real engine is the main tier; this reaches what a
+random-weight model or a real process cannot be made to do on demand (an error mid-stream, a
+stall, vLLM's own refusals).
+
+A script is a list of steps: a string is one delta of one token; a `Delta` is sent as it is; an
+exception is raised where it stands; `STALL` waits, producing nothing, until the request is
+aborted (then the stream ends, as vLLM's does) or forever with `hung=True`. A script that runs
+out ends the stream (with no finish reason: an end the turn must still make audible).
+
+`ScriptedEngine(...).factory` is the `engine_factory` form for `Runtime` and `create_app`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncGenerator
-from typing import Any, cast
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
+from prometheus_client import CollectorRegistry
+
+from server.adapters import Adapters
 from server.chunks import ChunkRenderer
-from server.engine import Delta
+from server.engine_api import Delta, Engine, EngineParams
+from server.errors import InvalidRequest, Overloaded
+from server.metrics import Metrics
+from server.schemas import parse_request
+from server.settings import Settings
 from server.turn import Progress, Turn, TurnPlan
 
 FALLBACK = "Sorry, could you say that again?"
+STALL = object()
+Step = str | Delta | BaseException | object
 
 
 class ScriptedEngine:
-    """Yields the given text pieces as deltas of one token each, then ends with `reason`."""
+    """Plays `script` for every request. `pieces`/`reason`/`fail` is the short form: the pieces
+    as one-token deltas, the last one finished with `reason` (or raising, with `fail`)."""
 
-    def __init__(self, pieces: list[str], reason: str | None = "stop", fail: bool = False):
-        self.pieces, self.reason, self.fail = pieces, reason, fail
-        self.aborted = False
+    def __init__(
+        self,
+        pieces: Sequence[str] = (),
+        reason: str | None = "stop",
+        fail: bool = False,
+        *,
+        script: Sequence[Step] | None = None,
+        hung: bool = False,
+        refuse: str | None = None,
+        overloaded: bool = False,
+        max_model_len: int = 2048,
+        max_num_seqs: int = 8,
+    ) -> None:
+        self.script = list(script) if script is not None else self._short(pieces, reason, fail)
+        self.hung = hung  # a stalled request ignores its abort
+        self.refuse = refuse  # `params` refuses every request with this message (vLLM's 400)
+        self.overloaded = overloaded  # `check_admission` refuses (vLLM's queue full)
+        self.adapters = Adapters()
+        self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
+        self.generation_defaults: dict[str, Any] = {}
+        self.alive_flag = True
+        self.aborts: list[str] = []
+        self.requests: list[tuple[str, EngineParams, str | None]] = []
+        self.stopped = False
+        self._running: dict[str, asyncio.Event] = {}
+
+    @staticmethod
+    def _short(pieces: Sequence[str], reason: str | None, fail: bool) -> list[Step]:
+        steps: list[Step] = [
+            Delta(p, 1, n == len(pieces) - 1, reason if n == len(pieces) - 1 else None, 0)
+            for n, p in enumerate(pieces)
+        ]
+        if fail and steps:
+            steps[-1] = RuntimeError("engine died")
+        return steps
+
+    # -- the Engine protocol -----------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.alive_flag
+
+    @property
+    def aborted(self) -> bool:
+        return bool(self.aborts)
+
+    def params(self, sampling: dict[str, Any]) -> EngineParams:
+        if self.refuse is not None:
+            raise InvalidRequest(self.refuse)
+        return EngineParams(dict(sampling))
+
+    def check_admission(self) -> None:
+        if self.overloaded:
+            raise Overloaded("engine queue is full: scripted")
 
     async def generate(
         self,
-        engine_id: str,
+        request_id: str,
         token_ids: list[int],
-        sampling: dict[str, Any],
+        params: EngineParams,
         adapter: str | None = None,
     ) -> AsyncGenerator[Delta, None]:
-        for n, piece in enumerate(self.pieces):
-            last = n == len(self.pieces) - 1
-            if last and self.fail:
-                raise RuntimeError("engine died")
-            yield Delta(piece, 1, last, self.reason if last else None, 0)
+        self.requests.append((request_id, params, adapter))
+        aborted = self._running[request_id] = asyncio.Event()
+        try:
+            for step in self.script:
+                if aborted.is_set():
+                    break
+                if step is STALL:
+                    if self.hung:
+                        await asyncio.Event().wait()
+                    await aborted.wait()
+                    break
+                if isinstance(step, BaseException):
+                    raise step
+                if isinstance(step, str):
+                    step = Delta(step, 1, False, None, 0)
+                assert isinstance(step, Delta)
+                yield Delta(
+                    step.text,
+                    step.new_tokens,
+                    step.finished,
+                    step.finish_reason,
+                    step.cached_tokens,
+                )
+                await asyncio.sleep(0)  # a step of the engine: other tasks run between deltas
+            if aborted.is_set():
+                yield Delta("", 0, True, "abort", 0)
+        finally:
+            del self._running[request_id]
 
-    async def abort(self, engine_id: str) -> None:
-        self.aborted = True
+    async def abort(self, request_id: str) -> None:
+        self.aborts.append(request_id)
+        if request_id in self._running:
+            self._running[request_id].set()
+
+    def num_unfinished(self) -> int:
+        return len(self._running)
+
+    def core_lost(self) -> None:
+        self.alive_flag = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    # -- for tests -----------------------------------------------------------------------------
+
+    async def factory(self, settings: Settings, adapters: Adapters) -> Engine:
+        """`engine_factory` for `Runtime`/`create_app`: this engine, whatever the settings."""
+        self.adapters = adapters
+        return self
 
 
 def scripted_turn(engine: ScriptedEngine, **fields: Any) -> Turn:
-    """A turn on `engine`; `fields` override TurnPlan's (thinking, speech_filter, ...)."""
-    plan = TurnPlan(
-        request_id="r",
-        engine_id="r.1",
-        alias="qwen-plus",
-        request=cast(Any, None),
-        token_ids=[1, 2, 3],
-        sampling={},
-        renderer=ChunkRenderer("qwen-plus", "chatcmpl-r", 1),
-        fallback_text=FALLBACK,
-        first_token_s=30.0,
-        arrival=time.perf_counter(),
+    """A turn on `engine`; `fields` override TurnPlan's (thinking, speech_filter, turn_s, ...)."""
+    plan_fields: dict[str, Any] = {
+        "request_id": "r",
+        "engine_id": "r.1",
+        "alias": "qwen-plus",
+        "request": parse_request(b'{"messages": [{"role": "user", "content": "hi"}]}'),
+        "token_ids": [1, 2, 3],
+        "sampling": EngineParams({}),
+        "renderer": ChunkRenderer("qwen-plus", "chatcmpl-r", 1),
+        "fallback_text": FALLBACK,
+        "first_token_s": 30.0,
+        "turn_s": 120.0,
+        "arrival": time.perf_counter(),
         **fields,
-    )
-    return Turn(plan, cast(Any, engine), cast(Any, None), lambda turn: None, Progress())
+    }
+    plan = TurnPlan(**plan_fields)
+    metrics = Metrics(CollectorRegistry())
+    metrics.declare([plan.alias])
+    return Turn(plan, engine, metrics, lambda turn: None, Progress())
 
 
 async def texts_of(turn: Turn) -> list[str]:

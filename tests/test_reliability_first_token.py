@@ -132,7 +132,7 @@ def test_zz_engine_death_while_idle_fails_health_refuses_turns_and_exits_nonzero
             if len(health) > 3000:
                 break
     code = stalled.proc.wait(timeout=30.0)
-    assert code != 0
+    assert code == 6  # EXIT_ENGINE_HUNG
     assert 503 in health, health
     refused = [r for r in turns if r.status_code != 200]
     assert refused, [r.status_code for r in turns]

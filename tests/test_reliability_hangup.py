@@ -447,7 +447,7 @@ def test_zz_engine_death_mid_stream_ends_turns_audibly_and_exits_nonzero(busy, i
     for raw in bodies:
         stream = well_formed(raw)
         assert stream.content.endswith(FALLBACK), stream.content[-80:]
-    assert code != 0
+    assert code == 3  # EXIT_ENGINE_DEAD
     assert 503 in seen_health, seen_health
     assert (503, None) in seen_turns, seen_turns
     assert all(problem is None for _, problem in seen_turns), seen_turns

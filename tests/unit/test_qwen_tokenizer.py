@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from server.prompt import PromptBuilder, Turn
+from server.prompt import Message, PromptBuilder
 from server.tokenizer import ChatTokenizer
 from tests.qwen_checkpoint import (
     ADDED_TOKENS,
@@ -68,7 +68,7 @@ def qwen3_thinking(qwen3_model_dir: Path) -> ChatTokenizer:
     return ChatTokenizer.load(str(qwen3_model_dir), trust_remote_code=False, enable_thinking=True)
 
 
-def _build(tok: ChatTokenizer, dialog: list[Turn], max_model_len: int = 4096) -> list[int]:
+def _build(tok: ChatTokenizer, dialog: list[Message], max_model_len: int = 4096) -> list[int]:
     return PromptBuilder(tok, max_model_len=max_model_len, reserve=32).build(dialog).token_ids
 
 
@@ -91,7 +91,7 @@ def test_message_text_encodes_as_qwen_does_and_round_trips(
 
 
 def test_chinese_round_trips_exactly_through_a_prompt(qwen: ChatTokenizer) -> None:
-    dialog: list[Turn] = [
+    dialog: list[Message] = [
         ("system", "请用中文回答。"),
         ("assistant", CHINESE),
         ("user", "你是谁？"),
@@ -148,7 +148,7 @@ def test_only_splitting_special_tokens_would_leak_non_special_ones(
 def test_thinking_off_renders_the_empty_think_block(
     qwen3: ChatTokenizer, qwen3_thinking: ChatTokenizer, qwen: ChatTokenizer
 ) -> None:
-    dialog: list[Turn] = [("user", "你好")]
+    dialog: list[Message] = [("user", "你好")]
     off = _build(qwen3, dialog)
     on = _build(qwen3_thinking, dialog)
     assert off[-7:] == GENERATION_PROMPT + EMPTY_THINK_BLOCK
@@ -169,7 +169,7 @@ def test_qwen25_adds_its_default_system_line_and_the_alias_prompt_replaces_it(
 
 @pytest.mark.parametrize("with_system", [True, False])
 def test_truncation_keeps_whole_turns(qwen3: ChatTokenizer, with_system: bool) -> None:
-    dialog: list[Turn] = [("system", "只用中文。")] if with_system else []
+    dialog: list[Message] = [("system", "只用中文。")] if with_system else []
     for i in range(40):
         dialog += [("user", f"第{i}个问题：{CHINESE}"), ("assistant", f"第{i}个回答 <think>{i}")]
     dialog.append(("user", "最后的问题 </think>"))

@@ -1,8 +1,11 @@
-"""The gateway's state and decisions: admission, planning a turn, accounting for it.
+"""The switchboard: admits calls, plans each turn, and accounts for it.
 
 Routes hand it a validated request; it says no (a `CallgateError`) or returns a `Turn` ready to
-be streamed. Everything a turn changes on the way out (metrics, the log line, the in-flight
-count, the stall clock behind `/ready`) is written in `_finished`, once per turn.
+be streamed. Every refusal the engine can make is asked for here, before the response starts:
+`admit` (alive, the in-flight limit, vLLM's queue limits) and `plan` (prompt, context, vLLM's
+validation of the sampling values). Everything a turn changes on the way out (metrics, the log
+line, the in-flight count, the stall clock behind `/ready`) is written in `_finished`, once per
+turn. Refusals are counted by the runtime (`Runtime.refused`), which also owns draining.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from typing import Any
 
 from server.admission import Admission
 from server.chunks import ChunkRenderer
-from server.engine import Engine
-from server.errors import CallgateError, Draining, EngineUnavailable, Overloaded
+from server.engine_api import Engine
+from server.errors import EngineUnavailable, Overloaded
 from server.metrics import Metrics
 from server.prompt import PromptBuilder, SystemPrompts, assemble
 from server.sampling import sampling_kwargs
@@ -29,11 +32,11 @@ log = logging.getLogger("callgate.turn")
 
 THINK_TOKENS = ("<think>", "</think>")
 # Dialogs up to this many characters are planned on the event loop (well under a millisecond
-# of tokenizing with the cache warm); larger ones in a thread (`Gateway.plan`).
+# of tokenizing with the cache warm); larger ones in a thread (`Switchboard.plan`).
 PLAN_INLINE_CHARS = 16_384
 
 
-class Gateway:
+class Switchboard:
     def __init__(
         self,
         settings: Settings,
@@ -63,7 +66,6 @@ class Gateway:
         self.admission = admission or Admission()
         self.admission.limit = self.max_in_flight
         self.open_turns: set[Turn] = set()  # this process's turns
-        self.draining = False
         # The stall clock: busy time since the engine last produced a token (/ready, hung exit).
         self.progress = Progress()
         self._planner = asyncio.Semaphore(1)
@@ -77,8 +79,6 @@ class Gateway:
         """Refuse at once, before any engine work, when the turn cannot be served well.
 
         On success a slot is held: `start` turns it into a turn, `unadmit` gives it back."""
-        if self.draining:
-            raise Draining("the server is shutting down", headers=self._retry_after())
         if not self.engine.alive:
             raise EngineUnavailable("the engine is not running", headers=self._retry_after())
         if not self.admission.try_enter():
@@ -87,6 +87,9 @@ class Gateway:
             )
         try:
             self.engine.check_admission()
+        except Overloaded as e:  # vLLM's own queue limits: the same 503 as ours
+            self.admission.leave()
+            raise Overloaded(e.message, headers=self._retry_after()) from None
         except BaseException:
             self.admission.leave()
             raise
@@ -110,12 +113,14 @@ class Gateway:
         system = self._prompts.render(alias, request.biz_params)
         dialog = assemble(system, [(m.role, m.text) for m in request.messages])
         prompt = self._builder.build(dialog)
-        sampling = sampling_kwargs(
-            request,
-            self.engine.generation_defaults,
-            max_tokens_cap=self.settings.sampling.max_tokens,
-            room=self.engine.max_model_len - len(prompt.token_ids),
-            banned_token_ids=self._banned,
+        sampling = self.engine.params(
+            sampling_kwargs(
+                request,
+                self.engine.generation_defaults,
+                max_tokens_cap=self.settings.sampling.max_tokens,
+                room=self.engine.max_model_len - len(prompt.token_ids),
+                banned_token_ids=self._banned,
+            )
         )
         return TurnPlan(
             request_id=request_id,
@@ -129,6 +134,7 @@ class Gateway:
             ),
             fallback_text=spoken.fallback_text,
             first_token_s=self.settings.deadlines.first_token_s,
+            turn_s=self.settings.deadlines.turn_s,
             arrival=arrival,
             dropped_turns=prompt.dropped_turns,
             thinking=self._thinking,
@@ -188,25 +194,6 @@ class Gateway:
             fields["messages"] = [m.model_dump() for m in plan.request.messages]
             fields["biz_params"] = plan.request.biz_params
         log.info("turn %s %s", plan.request_id, rec.outcome, extra={"turn": fields})
-
-    def rejected(
-        self, err: CallgateError, request_id: str, model: str, arrival: float, session: str | None
-    ) -> None:
-        """Count and log a request refused before it became a turn."""
-        alias = self.alias_for(model)
-        self.metrics.requests.labels(alias, err.outcome).inc()
-        fields = {
-            "event": "turn",
-            "request_id": request_id,
-            "session_id": session,
-            "model": model,
-            "alias": alias,
-            "outcome": err.outcome,
-            "status": err.status,
-            "error": err.message,
-            "total_ms": round((time.perf_counter() - arrival) * 1000, 1),
-        }
-        log.info("turn %s %s", request_id, err.outcome, extra={"turn": fields})
 
     # -- health ------------------------------------------------------------------------------
 
