@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from benchmarks.servers import free_port
+from benchmarks.lib.servers import free_port
 from tests.reliability_helpers import (
     ENGINE_EXIT_S,
     FALLBACK,
