@@ -11,7 +11,7 @@ gap between the stream's chunks while the huge dialog waits for its answer is re
 the longest gap of the same stream in a window of the same length without it.
 
 Starts its own callgate server on the tiny test checkpoint (or `--model`), and writes
-`benchmarks/results/large_dialog.{json,md}`. `tests/test_security_large_dialog.py` runs the
+`benchmarks/results/large_dialog.{json,md}`. `tests/security/test_security_large_dialog.py` runs the
 same scenario once with a bound.
 """
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Static checks of everything under deploy/, docker-compose.yml and configs/gpu.yaml, runnable
 # without a Docker engine, a GPU or a cluster. The checks themselves live in
-# tests/test_deploy.py; this script runs them with every tool required (a missing
+# tests/tools/test_deploy.py; this script runs them with every tool required (a missing
 # docker-compose, promtool, caddy or kubectl fails instead of skipping). Among them: compose
 # resolves for the default and the https profile and publishes nothing but Caddy beyond the
 # host's loopback, Caddy passes only the protocol's POSTs, the k8s NetworkPolicy admits only
@@ -20,7 +20,7 @@ if [[ "${1:-}" == "sync-configmap" ]]; then
     out=deploy/k8s/configmap.yaml
     {
         echo "# Generated from configs/gpu.yaml by \`deploy/check.sh sync-configmap\`: edit that file,"
-        echo "# then run the command. tests/test_deploy.py fails when the two differ."
+        echo "# then run the command. tests/tools/test_deploy.py fails when the two differ."
         echo "apiVersion: v1"
         echo "kind: ConfigMap"
         echo "metadata:"
@@ -49,5 +49,5 @@ fi
 python="${PYTHON:-$root/.venv/bin/python}"
 [[ -x "$python" ]] || python=python3
 # The one live check (metrics on a running server) belongs to the API test run, not here.
-CALLGATE_REQUIRE_DEPLOY_TOOLS=1 exec "$python" -m pytest -q tests/test_deploy.py \
+CALLGATE_REQUIRE_DEPLOY_TOOLS=1 exec "$python" -m pytest -q tests/tools/test_deploy.py \
     -k "not exported_by_server" "$@"

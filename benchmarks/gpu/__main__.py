@@ -16,7 +16,7 @@ once: a run cut short still reports what it measured. `--sides` picks and orders
 second run can measure what the first had no time for.
 
 On a CPU (`--cpu`: eager mode, a small KV cache, the tiny checkpoint's length) the same code is
-the test suite's dry run (tests/test_benchmarks_gpu.py).
+the test suite's dry run (tests/tools/test_benchmarks_gpu.py).
 """
 
 from __future__ import annotations

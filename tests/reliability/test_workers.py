@@ -3,7 +3,7 @@
 Real engine, tiny checkpoint, a real server process with two workers. One shared server for the
 tests that leave it as they found it (streams, spread, admission, metrics, hang-ups); engine
 death and worker death each get a server of their own. Draining on SIGTERM with two workers is
-in tests/test_reliability_shutdown.py.
+in tests/reliability/test_reliability_shutdown.py.
 """
 
 from __future__ import annotations
