@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import pytest
@@ -44,6 +44,8 @@ REPO_ROOT = REPO
 TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
 AUTH_CODE = "test-code-0123456789"
 READY_TIMEOUT_S = 240.0
+
+T = TypeVar("T")
 
 # The shape of a turn the gateway sends: the bot's opening line, then the caller's question.
 OPENING = "Hello, valued Alibaba Cloud customer. This is a test of the opening message."
@@ -129,6 +131,36 @@ def launch_server(
             )
     except ServerFailed as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+class ServerSlot(Generic[T]):
+    """A module's own server that a destructive test may use up, so that no test depends on
+    running last: `get()` gives the running server, starting one if none runs or the last was
+    used up; `use_up()` gives it to a test that will end it, and the next `get()` starts a fresh
+    one. Ordered as it is now, the destructive test comes last and nothing is started twice."""
+
+    def __init__(self, start: Callable[[], contextlib.AbstractContextManager[T]]) -> None:
+        self._start = start
+        self._stack = contextlib.ExitStack()
+        self._current: T | None = None
+
+    def get(self) -> T:
+        """The module's running server."""
+        if self._current is None:
+            self._current = self._stack.enter_context(self._start())
+        return self._current
+
+    def use_up(self) -> T:
+        """The running server, for a test that ends it; the next `get()` starts another."""
+        current = self.get()
+        self._current = None
+        return current
+
+    def __enter__(self) -> ServerSlot[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,11 @@ class ScriptedEngine:
         self.aborted = False
 
     async def generate(
-        self, engine_id: str, token_ids: list[int], sampling: dict[str, Any]
+        self,
+        engine_id: str,
+        token_ids: list[int],
+        sampling: dict[str, Any],
+        adapter: Any = None,
     ) -> AsyncGenerator[Delta, None]:
         for n, piece in enumerate(self.pieces):
             last = n == len(self.pieces) - 1

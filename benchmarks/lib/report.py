@@ -206,10 +206,11 @@ def markdown(result: dict[str, Any]) -> str:
     gpus = ", ".join(m["gpus"]) or "none"
     servers = result["servers"]
     a, b = labels(result)["ours"], labels(result)["theirs"]
+    tool = result.get("tool", "benchmarks.sidebyside")
     lines = [
         f"# {result.get('title', TITLE)}",
         "",
-        f"Measured {result['started_at']} by `python -m {result['tool']}` "
+        f"Measured {result['started_at']} by `python -m {tool}` "
         f"({result['duration_s']:.0f} s in all) on one machine, checkpoint and vLLM build. "
         + _schedule(result),
         "",

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Api, ServerHandle
+from tests.conftest import Api, ServerHandle, ServerSlot
 from tests.reliability_helpers import IDLE_WITHIN_S, wait_for
 from tests.sse import parse_chat_stream
 
@@ -177,18 +177,20 @@ def test_one_json_log_line_per_turn_without_message_text(
     assert api.handle.auth not in log
 
 
-@pytest.fixture(scope="module")
-def fresh(start_server: Callable[..., Any]) -> Iterator[tuple[ServerHandle, list[int]]]:
+FRESH_ENV = {
+    "CALLGATE_AUTH__PROTECT_METRICS": "true",
+    "CALLGATE_SHUTDOWN__DRAIN_S": "30",
+    "CALLGATE_SAMPLING__MAX_TOKENS": "2000",
+    # This server also covers the other response class, with keep-alive pings on.
+    "CALLGATE_SERVER__SSE": "sse-starlette",
+    "CALLGATE_SERVER__SSE_PING_S": "0.2",
+}
+
+
+@contextlib.contextmanager
+def _watched(start_server: Callable[..., Any]) -> Iterator[tuple[ServerHandle, list[int]]]:
     """A server of its own, watched from the first second: /ready codes seen while starting."""
-    env = {
-        "CALLGATE_AUTH__PROTECT_METRICS": "true",
-        "CALLGATE_SHUTDOWN__DRAIN_S": "30",
-        "CALLGATE_SAMPLING__MAX_TOKENS": "2000",
-        # This server also covers the other response class, with keep-alive pings on.
-        "CALLGATE_SERVER__SSE": "sse-starlette",
-        "CALLGATE_SERVER__SSE_PING_S": "0.2",
-    }
-    with start_server(env=env, wait_ready=False) as handle:
+    with start_server(env=FRESH_ENV, wait_ready=False) as handle:
         seen: list[int] = []
         deadline = time.monotonic() + 240
         with httpx.Client(timeout=5) as client:
@@ -199,6 +201,22 @@ def fresh(start_server: Callable[..., Any]) -> Iterator[tuple[ServerHandle, list
                     break
                 time.sleep(0.2)
         yield handle, seen
+
+
+@pytest.fixture(scope="module")
+def fresh_slot(
+    start_server: Callable[..., Any],
+) -> Iterator[ServerSlot[tuple[ServerHandle, list[int]]]]:
+    with ServerSlot(lambda: _watched(start_server)) as slot:
+        yield slot
+
+
+@pytest.fixture
+def fresh(
+    fresh_slot: ServerSlot[tuple[ServerHandle, list[int]]],
+) -> tuple[ServerHandle, list[int]]:
+    """The module's watched server (a fresh one if the draining test used the last one up)."""
+    return fresh_slot.get()
 
 
 def test_ready_is_503_while_the_engine_loads(fresh: tuple[ServerHandle, list[int]]) -> None:
@@ -266,11 +284,11 @@ def in_flight(api: Api) -> float:
 
 
 def test_ready_is_503_while_draining(
-    fresh: tuple[ServerHandle, list[int]],
+    fresh_slot: ServerSlot[tuple[ServerHandle, list[int]]],
     make_api: Callable[[ServerHandle], Api],
     chat_body: Callable[..., Any],
 ) -> None:
-    handle, _ = fresh
+    handle, _ = fresh_slot.use_up()  # SIGTERM ends it
     api = make_api(handle)
     result: dict[str, Any] = {}
 
