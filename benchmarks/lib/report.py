@@ -92,7 +92,7 @@ def labels(result: dict[str, Any]) -> dict[str, str]:
 
 
 def _comparison_table(kind: str, result: dict[str, Any]) -> list[str]:
-    b = labels(result)["theirs"]
+    a, b = labels(result)["ours"], labels(result)["theirs"]
     ours = result["runs"].get("ours", {}).get(kind)
     theirs = result["runs"].get("theirs", {}).get(kind)
     if not ours or not theirs:
@@ -106,10 +106,10 @@ def _comparison_table(kind: str, result: dict[str, Any]) -> list[str]:
     lines = [
         f"### {_workload_line(ours)}",
         "",
-        f"| level | TTFT p50 ours / {b} (ms) | ratio | TTFT p99 ours / {b} (ms) | ratio "
-        f"| tokens/s ours / {b} | ratio | turns/s ours / {b} | errors ours / {b} "
-        f"| TTFT p50 ratio per part | server CPU µs/token ours / {b} (front end + engine) "
-        f"| background load, cores ours / {b} | target |",
+        f"| level | TTFT p50 {a} / {b} (ms) | ratio | TTFT p99 {a} / {b} (ms) | ratio "
+        f"| tokens/s {a} / {b} | ratio | turns/s {a} / {b} | errors {a} / {b} "
+        f"| TTFT p50 ratio per part | server CPU µs/token {a} / {b} (front end + engine) "
+        f"| background load, cores {a} / {b} | target |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|:-:|",
     ]
     for lv in ours["levels"]:
