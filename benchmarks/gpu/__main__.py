@@ -5,7 +5,7 @@ so a 7B-shaped config needs no 15 GB of weights) and runs the same closed-loop s
 at each concurrency level against each side, one server at a time (one GPU holds one engine):
 
 1. `vllm`: vLLM's OpenAI server (`vllm serve`, one API process);
-2. `callgate-N`: callgate with `server.workers: N` (only when this callgate has that setting);
+2. `callgate-N`: callgate with `server.workers: N`;
 3. `callgate-1`: callgate with one front-end process;
 4. `vllm-N`: vLLM's server with `--api-server-count N`.
 
@@ -48,13 +48,6 @@ STOP_S = 15.0  # a server's shutdown, counted against the budget
 SERVED = "qwen-plus"
 
 
-def callgate_has_workers() -> bool:
-    """Whether this callgate has front-end workers (`server.workers`)."""
-    from server.settings import ServerSettings
-
-    return "workers" in ServerSettings.model_fields
-
-
 def make_sides(
     names: list[str],
     model: str,
@@ -75,7 +68,7 @@ def make_sides(
                 vllm_side(model, SERVED, shape, api_servers=workers, name=name_n, label=label)
             )
         elif name == "callgate-1":
-            env = {**extra, "CALLGATE_SERVER__WORKERS": "1"} if callgate_has_workers() else extra
+            env = {**extra, "CALLGATE_SERVER__WORKERS": "1"}
             label = "callgate, 1 front-end process"
             out.append(
                 callgate_side(
@@ -227,9 +220,6 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     )
     names = [s.strip() for s in args.sides.split(",") if s.strip()]
     skipped: list[str] = []
-    if "callgate-N" in names and not callgate_has_workers():
-        names.remove("callgate-N")
-        skipped.append("callgate-N (this callgate has no server.workers)")
     auth = secrets.token_urlsafe(16)
     prompts = PromptMaker(args.model)  # exact prompt lengths in the checkpoint's tokens
     args.out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from benchmarks.lib import machine
+from server.chunks import ChunkRenderer
 
 TARGET_US = 2.0
 MODEL = "qwen-plus"
@@ -85,14 +86,9 @@ def same_chunk(a: bytes, b: bytes) -> bool:
     return bool(_ordered(a) == _ordered(b))
 
 
-def renderer_content() -> Callable[[str], bytes] | None:
-    """The server's renderer, if `server.chunks` is importable (it is the lead's module)."""
-    try:
-        from server.chunks import ChunkRenderer
-    except ImportError:
-        return None
-    renderer = ChunkRenderer(MODEL, REQUEST_ID, CREATED)
-    return renderer.content
+def renderer_content() -> Callable[[str], bytes]:
+    """The server's renderer (`server.chunks.ChunkRenderer`) for one stream's chunks."""
+    return ChunkRenderer(MODEL, REQUEST_ID, CREATED).content
 
 
 def time_per_call_us(fn: Callable[[str], bytes], text: str, number: int, repeat: int) -> float:
@@ -104,12 +100,10 @@ def time_per_call_us(fn: Callable[[str], bytes], text: str, number: int, repeat:
 def run(number: int, repeat: int) -> dict[str, Any]:
     """Time every encoder on every text; check each renders the same chunk as pydantic."""
     impls: dict[str, Callable[[str], bytes]] = {
+        "ChunkRenderer (server.chunks)": renderer_content(),
         "pydantic model": pydantic_content,
         "dict + json.dumps": json_content,
     }
-    ours = renderer_content()
-    if ours is not None:
-        impls = {"ChunkRenderer (server.chunks)": ours, **impls}
     rows: dict[str, dict[str, float]] = {}
     agree: dict[str, bool] = {}
     for name, fn in impls.items():
@@ -121,7 +115,6 @@ def run(number: int, repeat: int) -> dict[str, Any]:
     return {
         "tool": "benchmarks.encoder_bench",
         "target_us": TARGET_US,
-        "renderer_found": ours is not None,
         "us_per_chunk": rows,
         "same_chunk_as_pydantic": agree,
         "machine": machine.describe(),

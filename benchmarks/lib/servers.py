@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 40.0
@@ -97,8 +98,6 @@ class Running:
         time barely moves with the machine's background load, so it compares servers on a
         noisy box; with several front-end processes it is their sum."""
         try:
-            import psutil
-
             proc = psutil.Process(self.pid)
             frontend = sum(proc.cpu_times()[:2])
             engine = 0.0
@@ -110,7 +109,7 @@ class Running:
                     else:
                         frontend += used
             return frontend, engine
-        except Exception:  # psutil missing or the process is gone: no CPU figures
+        except psutil.Error:  # the process is gone: no CPU figures
             return None
 
 
