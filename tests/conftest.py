@@ -2,13 +2,16 @@
 
 API tests run against a real `python -m server` subprocess with the real vLLM engine on a tiny
 random-weight checkpoint (vLLM's `RemoteOpenAIServer` pattern): the subprocess boundary is what
-the gateway sees, and it keeps the engine's spawned core process out of pytest. Engine start-up
-costs about 30 s on this machine, so everything that can share one server uses the session
-`server`; tests that need other settings use `start_server(env=..., config=...)`.
+the gateway sees, and it keeps the engine's spawned core process out of pytest. Servers are
+started by the harness the benchmarks use (`benchmarks/lib/servers.py`); `server_side` is
+callgate as the tests run it. Engine start-up costs about 30 s on this machine, so everything
+that can share one server uses the session `server`; tests that need other settings use
+`start_server(env=..., config=...)`, and a module whose tests end its server (engine death,
+draining) holds it in a `ServerSlot`, so that no test depends on running last.
 
-Checkpoints with Qwen's real vocabulary and chat templates (`benchmarks/lib/qwen_checkpoint.py`) are
-`qwen_model_dir` (Qwen2.5) and `qwen3_model_dir` (Qwen3, for thinking); tests start their own
-servers on them with `launch_server`.
+Checkpoints with Qwen's real vocabulary and chat templates (`benchmarks/lib/qwen_checkpoint.py`)
+are `qwen_model_dir` (Qwen2.5) and `qwen3_model_dir` (Qwen3, for thinking); tests start their
+own servers on them with `launch_server`.
 
 Public fixtures: `tiny_model_dir`, `qwen_model_dir`, `qwen3_model_dir`, `start_server`,
 `server`, `guarded_server`, `api`, `make_api`, `chat_body`.
