@@ -37,10 +37,11 @@ test: venv ## the whole test suite, on the real engine with a tiny checkpoint
 
 # The API, observability and reliability tests that vLLM version differences could break, on
 # the GPU host's release (0.26.0) in its own environment. `make test VENV=.venv-0.26` runs all.
-COMPAT_TESTS := tests/test_api_stream.py tests/test_api_cancel.py tests/test_api_sampling.py \
-	tests/test_observability.py tests/test_reliability_first_token.py \
-	tests/test_reliability_shutdown.py tests/test_benchmarks_gpu.py tests/test_workers.py \
-	tests/test_security_hung_engine.py tests/test_lora.py
+COMPAT_TESTS := tests/api/test_api_stream.py tests/api/test_api_cancel.py \
+	tests/api/test_api_sampling.py tests/api/test_observability.py \
+	tests/reliability/test_reliability_first_token.py tests/reliability/test_reliability_shutdown.py \
+	tests/reliability/test_workers.py tests/security/test_security_hung_engine.py \
+	tests/models/test_lora.py tests/tools/test_benchmarks_gpu.py
 test-compat: ## representative tests on vLLM $(COMPAT_VLLM) (the GPU host's release), in $(COMPAT_VENV)
 	$(MAKE) venv VENV=$(COMPAT_VENV) VLLM_VERSION=$(COMPAT_VLLM)
 	$(COMPAT_VENV)/bin/python -m pytest $(COMPAT_TESTS)
@@ -49,7 +50,8 @@ test-fast: venv ## unit tests only (no engine)
 	$(PY) -m pytest tests/unit
 
 soak: venv ## the 32-call soak test for 5 minutes (make test runs a 45 s form)
-	CALLGATE_SOAK_S=$${CALLGATE_SOAK_S:-300} $(PY) -m pytest -m soak tests/test_reliability_soak.py
+	CALLGATE_SOAK_S=$${CALLGATE_SOAK_S:-300} $(PY) -m pytest -m soak \
+	  tests/reliability/test_reliability_soak.py
 
 lint: venv ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check server tests benchmarks

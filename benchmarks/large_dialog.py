@@ -11,7 +11,7 @@ gap between the stream's chunks while the huge dialog waits for its answer is re
 the longest gap of the same stream in a window of the same length without it.
 
 Starts its own callgate server on the tiny test checkpoint (or `--model`), and writes
-`benchmarks/results/large_dialog.{json,md}`. `tests/test_security_large_dialog.py` runs the
+`benchmarks/results/large_dialog.{json,md}`. `tests/security/test_security_large_dialog.py` runs the
 same scenario once with a bound.
 """
 
@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.servers import REPO, free_port, ours_command, run_server
+from benchmarks.lib.servers import REPO, callgate_side, launch
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -125,24 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model = args.model
     if model is None:
-        from tests.tiny_checkpoint import build
+        from benchmarks.lib.tiny_checkpoint import build
 
         model = str(build(Path(tempfile.mkdtemp(prefix="callgate-tiny-"))))
-    auth, port = "sk-" + secrets.token_urlsafe(24), free_port()
-    env = {
-        "CALLGATE_AUTH_CODES": auth,
-        "CALLGATE_SAMPLING__MAX_TOKENS": "1000",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
-    cmd = ours_command(model, REPO / "tests" / "tiny.yaml", port)
+    auth = "sk-" + secrets.token_urlsafe(24)
+    env = {"CALLGATE_SAMPLING__MAX_TOKENS": "1000", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    side = callgate_side(model, REPO / "tests" / "tiny.yaml", auth=auth, env=env)
     runs: list[Pause] = []
-    with run_server("callgate", cmd, env, port, "/ready", "/", Path(tempfile.mkdtemp())) as srv:
+    with launch(side, Path(tempfile.mkdtemp())) as srv:
         for i in range(args.runs):
             run = asyncio.run(measure_pause(srv.base_url, auth, time.time_ns() + i, args.messages))
             print(json.dumps(asdict(run)))
             runs.append(run)
-    from benchmarks.machine import describe
+    from benchmarks.lib.machine import describe
 
     meta = {
         "date": time.strftime("%Y-%m-%d"),

@@ -24,10 +24,10 @@ from typing import Any
 
 import httpx
 
-from benchmarks import machine
-from benchmarks.servers import REPO, free_port, ours_command, run_server
-from benchmarks.stats import summarize
-from benchmarks.workloads import Level, PromptMaker, Runner, Workload
+from benchmarks.lib import machine
+from benchmarks.lib.servers import REPO, callgate_side, launch
+from benchmarks.lib.stats import summarize
+from benchmarks.lib.workloads import Level, PromptMaker, Runner, Workload
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -116,23 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="callgate-sweep-") as tmp:
         model = args.model
         if model is None:
-            from tests.tiny_checkpoint import build
+            from benchmarks.lib.tiny_checkpoint import build
 
             model = str(build(Path(tmp) / "tiny"))
         result["model"] = args.model or "the tiny test checkpoint"
         prompts = PromptMaker(model)  # exact prompt lengths in the checkpoint's tokens
         for seqs in [int(x) for x in args.max_num_seqs.split(",")]:
-            port = free_port()
             env = {
-                "CALLGATE_AUTH_CODES": auth,
                 "CALLGATE_ENGINE__MAX_NUM_SEQS": str(seqs),
                 "CALLGATE_LIMITS__MAX_IN_FLIGHT": str(args.max_in_flight),
                 "CALLGATE_DEADLINES__FIRST_TOKEN_S": "600",
                 "VLLM_CPU_KVCACHE_SPACE": "1",
             }
-            cmd = ours_command(model, args.config, port)
+            side = callgate_side(model, args.config, auth=auth, env=env, name=f"seqs{seqs}")
             print(f"== max_num_seqs {seqs}", flush=True)
-            with run_server(f"seqs{seqs}", cmd, env, port, "/ready", "/", Path(tmp)) as srv:
+            with launch(side, Path(tmp)) as srv:
                 runs = asyncio.run(
                     _levels(srv.chat_url, auth, workload, prompts, levels, args.level_s)
                 )

@@ -45,7 +45,7 @@ def main() -> None:
     args = p.parse_args()
     model = args.model
     if model is None:
-        from tests.tiny_checkpoint import build
+        from benchmarks.lib.tiny_checkpoint import build
 
         model = str(build(Path(tempfile.mkdtemp(prefix="callgate-tiny-"))))
 

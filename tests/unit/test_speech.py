@@ -104,7 +104,7 @@ def test_any_text_any_split(text: str, cuts: list[int]) -> None:
     assert "".join(f.feed(p) for p in parts) + f.finish() == speak(text)
 
 
-# -- on a turn (scripted engine deltas; tests/test_real_model.py asks the real model) ----------
+# -- on a turn (scripted engine deltas; tests/models/test_real_model.py asks the real model) ---
 
 LIST_REPLY = ["Here are", " three:\n", "1", ". **", "Paris", "**\n", "2. Rome 🏛", "\n3. Tok", "yo"]
 

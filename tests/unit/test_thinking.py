@@ -1,7 +1,7 @@
 """Qwen3 thinking is never spoken: the streaming filter, and a turn that uses it.
 
 The turn tests script the engine's deltas, because the random-weight test model cannot be made
-to write `</think>` on demand; `tests/test_api_qwen3_thinking_on.py` checks the real server.
+to write `</think>` on demand; `tests/models/test_api_qwen3_thinking_on.py` checks the real server.
 """
 
 from __future__ import annotations

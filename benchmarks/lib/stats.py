@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from benchmarks.client import TurnResult
+from benchmarks.lib.client import TurnResult
 
 PERCENTILES = (50, 90, 99)
 

@@ -13,7 +13,7 @@ every position, and the (tied) embedding rows of the special tokens are strongly
 dimension, so the model practically never generates `<|endoftext|>`, `<|im_start|>` or
 `<|im_end|>`. Ordinary tokens stay near-uniform gibberish.
 
-Usage: `python -m tests.tiny_checkpoint DEST [--check]` or `build(Path(DEST))`.
+Usage: `python -m benchmarks.lib.tiny_checkpoint DEST [--check]` or `build(Path(DEST))`.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def save_model(
 
     `eos_ids[0]` is the end of a turn (`<|im_end|>`), `eos_ids[1]` the end of text, which is
     also the padding and beginning-of-sequence id, as in Qwen's checkpoints. Shared by
-    `tests/qwen_checkpoint.py`.
+    `benchmarks/lib/qwen_checkpoint.py`.
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -253,10 +253,11 @@ def check_in_vllm(model_dir: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """CLI: `python -m tests.tiny_checkpoint DEST [--check]` (--check: generate in vLLM)."""
+    """CLI: `python -m benchmarks.lib.tiny_checkpoint DEST [--check]` (--check: generate in
+    vLLM)."""
     args = [a for a in argv if a != "--check"]
     if len(args) != 1:
-        sys.stderr.write("usage: python -m tests.tiny_checkpoint DEST [--check]\n")
+        sys.stderr.write("usage: python -m benchmarks.lib.tiny_checkpoint DEST [--check]\n")
         return 2
     out = build(Path(args[0]))
     sys.stdout.write(f"{out}\n")

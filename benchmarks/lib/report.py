@@ -82,7 +82,17 @@ def _workload_line(doc: dict[str, Any]) -> str:
     )
 
 
+TITLE = "callgate vs vLLM's OpenAI server, side by side"  # sidebyside's report
+LABELS = {"ours": "callgate", "theirs": "vLLM server"}  # sidebyside's two sides
+
+
+def labels(result: dict[str, Any]) -> dict[str, str]:
+    """The two sides' names in the report: the result's own, else callgate and vLLM's server."""
+    return {**LABELS, **result.get("labels", {})}
+
+
 def _comparison_table(kind: str, result: dict[str, Any]) -> list[str]:
+    a, b = labels(result)["ours"], labels(result)["theirs"]
     ours = result["runs"].get("ours", {}).get(kind)
     theirs = result["runs"].get("theirs", {}).get(kind)
     if not ours or not theirs:
@@ -96,10 +106,10 @@ def _comparison_table(kind: str, result: dict[str, Any]) -> list[str]:
     lines = [
         f"### {_workload_line(ours)}",
         "",
-        "| level | TTFT p50 ours / vLLM (ms) | ratio | TTFT p99 ours / vLLM (ms) | ratio "
-        "| tokens/s ours / vLLM | ratio | turns/s ours / vLLM | errors ours / vLLM "
-        "| TTFT p50 ratio per part | server CPU µs/token ours / vLLM (front end + engine) "
-        "| background load, cores ours / vLLM | target |",
+        f"| level | TTFT p50 {a} / {b} (ms) | ratio | TTFT p99 {a} / {b} (ms) | ratio "
+        f"| tokens/s {a} / {b} | ratio | turns/s {a} / {b} | errors {a} / {b} "
+        f"| TTFT p50 ratio per part | server CPU µs/token {a} / {b} (front end + engine) "
+        f"| background load, cores {a} / {b} | target |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|:-:|",
     ]
     for lv in ours["levels"]:
@@ -130,7 +140,7 @@ def _comparison_table(kind: str, result: dict[str, Any]) -> list[str]:
 def _turn_table(result: dict[str, Any]) -> list[str]:
     rows = []
     turns: set[int] = set()
-    for side, name in (("ours", "callgate"), ("theirs", "vLLM server")):
+    for side, name in labels(result).items():
         doc = result["runs"].get(side, {}).get("calls")
         for lv in (doc or {}).get("levels", []):
             turns |= {int(k) for k in lv["ttft_by_turn_ms"]}
@@ -195,10 +205,12 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     gpus = ", ".join(m["gpus"]) or "none"
     servers = result["servers"]
+    a, b = labels(result)["ours"], labels(result)["theirs"]
+    tool = result.get("tool", "benchmarks.sidebyside")
     lines = [
-        "# callgate vs vLLM's OpenAI server, side by side",
+        f"# {result.get('title', TITLE)}",
         "",
-        f"Measured {result['started_at']} by `python -m benchmarks.sidebyside` "
+        f"Measured {result['started_at']} by `python -m {tool}` "
         f"({result['duration_s']:.0f} s in all) on one machine, checkpoint and vLLM build. "
         + _schedule(result),
         "",
@@ -208,15 +220,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Checkpoint: `{result['checkpoint']['path']}`"
         + (" (the test suite's tiny random-weight Qwen2)" if result["checkpoint"]["tiny"] else ""),
         f"- Engine settings on both: {result['engine_shape']}",
-        f"- Start-up to ready (s): callgate {servers.get('ours', {}).get('startup_s')}, "
-        f"vLLM server {servers.get('theirs', {}).get('startup_s')}",
+        f"- Start-up to ready (s): {a} {servers.get('ours', {}).get('startup_s')}, "
+        f"{b} {servers.get('theirs', {}).get('startup_s')}",
         f"- Machine load average (1 min) before each part: {_load_range(result)}",
         f"- Parts rerun because other processes used over {result.get('max_background')} "
         f"cores meanwhile: {len(result.get('discarded_parts') or [])}",
         "",
         "TTFT is measured to the first chunk with non-empty content (a role-only chunk does not "
-        "count); throughput is output tokens/s over the level's wall time. Ratio = callgate / "
-        "vLLM server: TTFT below 1 and throughput above 1 favour callgate. Target: TTFT p50 "
+        f"count); throughput is output tokens/s over the level's wall time. Ratio = {a} / "
+        f"{b}: TTFT below 1 and throughput above 1 favour {a}. Target: TTFT p50 "
         "ratio <= 1 and tokens/s ratio >= 1 at every level. This box is shared and noisy: "
         "compare only figures from one run. Server CPU is the CPU time the server process (HTTP, "
         "tokenizer, detokenizer) and its engine core used per output token; it hardly depends on "
@@ -229,12 +241,16 @@ def markdown(result: dict[str, Any]) -> str:
     lines += _comparison_table("calls", result)
     lines += _turn_table(result)
     lines += _encoder_table(result.get("encoder"))
-    lines += [
-        "### Plots",
-        "",
-        "![TTFT vs concurrency](ttft_vs_concurrency.png)",
-        "![Throughput vs concurrency](throughput_vs_concurrency.png)",
-        "![TTFT by turn index](ttft_by_turn.png)",
-        "",
-    ]
+    lines += (
+        []
+        if result.get("plots") is False
+        else [
+            "### Plots",
+            "",
+            "![TTFT vs concurrency](ttft_vs_concurrency.png)",
+            "![Throughput vs concurrency](throughput_vs_concurrency.png)",
+            "![TTFT by turn index](ttft_by_turn.png)",
+            "",
+        ]
+    )
     return "\n".join(lines)

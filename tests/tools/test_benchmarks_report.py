@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from benchmarks import encoder_bench, plots, report, sidebyside
-from benchmarks.client import TurnResult
-from benchmarks.stats import percentile, summarize
+from benchmarks import sidebyside
+from benchmarks.lib import chunk_timing, comparison, plots, report
+from benchmarks.lib.client import TurnResult
+from benchmarks.lib.stats import percentile, summarize
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -142,12 +143,12 @@ def test_plots_are_pngs(result: dict[str, Any], tmp_path: Path) -> None:
 
 
 def test_slices_cover_the_level_in_order() -> None:
-    from benchmarks.workloads import Level
+    from benchmarks.lib.workloads import Level
 
-    parts = sidebyside.slices(Level(units=7, concurrency=2), 3)
+    parts = comparison.slices(Level(units=7, concurrency=2), 3)
     assert [(p.first_unit, p.units) for p in parts] == [(0, 3), (3, 2), (5, 2)]
     assert all(p.concurrency == 2 for p in parts)
-    assert len(sidebyside.slices(Level(units=1, concurrency=1), 4)) == 1
+    assert len(comparison.slices(Level(units=1, concurrency=1), 4)) == 1
 
 
 def test_sidebyside_defaults_keep_engine_settings_equal() -> None:
@@ -160,50 +161,48 @@ def test_sidebyside_defaults_keep_engine_settings_equal() -> None:
 
 @pytest.mark.parametrize("text", [" Hello", "您好", 'say "hi"\n\\', "", "\u2028 \x00 \U0001f600"])
 def test_references_render_the_same_chunk(text: str) -> None:
-    a = encoder_bench.pydantic_content(text)
-    b = encoder_bench.json_content(text)
-    assert encoder_bench.same_chunk(a, b)
-    assert not encoder_bench.same_chunk(a, encoder_bench.json_content(text + "x"))
+    a = chunk_timing.pydantic_content(text)
+    b = chunk_timing.json_content(text)
+    assert chunk_timing.same_chunk(a, b)
+    assert not chunk_timing.same_chunk(a, chunk_timing.json_content(text + "x"))
 
 
 @pytest.mark.parametrize("text", [" Hello", "您好", 'say "hi"\n\\', "", "\u2028 \x00 \U0001f600"])
 def test_server_renderer_matches_the_pydantic_reference(text: str) -> None:
     """The micro-benchmark compares like with like: the renderer's chunk equals the reference."""
-    content = encoder_bench.renderer_content()
-    if content is None:
-        pytest.fail("server.chunks.ChunkRenderer is not importable")
-    assert encoder_bench.same_chunk(content(text), encoder_bench.pydantic_content(text))
+    content = chunk_timing.renderer_content()
+    assert chunk_timing.same_chunk(content(text), chunk_timing.pydantic_content(text))
 
 
 def test_rounds_alternate_the_order() -> None:
-    assert sidebyside.plan("theirs-first", None, 2) == [
+    assert comparison.plan("theirs-first", None, 2) == [
         (0, "theirs"),
         (0, "ours"),
         (1, "ours"),
         (1, "theirs"),
     ]
-    assert sidebyside.plan("ours-first", "ours", 2) == [(0, "ours"), (1, "ours")]
+    assert comparison.plan("ours-first", "ours", 2) == [(0, "ours"), (1, "ours")]
 
 
 def test_pooling_rounds_concatenates_turns_and_adds_wall_time() -> None:
-    from benchmarks.workloads import Level
+    from benchmarks.lib.workloads import Level
 
     lv1, lv8 = Level(units=2, concurrency=1), Level(units=2, concurrency=8)
     turn = TurnResult(ttft=0.1, e2e=0.2, content_chunks=4)
     runs = [(lv1, [turn, turn], 1.0), (lv8, [turn], 1.0), (replace(lv1, first_unit=2), [turn], 3.0)]
-    pooled = sidebyside.pool(runs)
+    pooled = comparison.pool(runs)
     assert [p["concurrency"] for p in pooled] == [1, 8]
     assert pooled[0]["turns_ok"] == 3 and pooled[0]["duration_s"] == 4.0
     assert pooled[0]["output_tokens_per_s"] == 3.0 and pooled[0]["units"] == 4
 
 
 def test_server_cpu_is_attached_per_level_and_per_token() -> None:
-    from benchmarks.workloads import Level
+    from benchmarks.lib.workloads import Level
 
     levels = [{"concurrency": 1, "rate": None, "output_tokens": 1000}]
     lv = Level(units=1, concurrency=1)
     runs = [(lv, 0.05, 0.2, 1.0, 1.0), (replace(lv, first_unit=1), 0.05, 0.1, 0.0, 1.0)]
-    sidebyside.add_cpu(levels, runs)
+    comparison.add_cpu(levels, runs)
     assert levels[0]["server_cpu"] == {
         "frontend_s": 0.1,
         "engine_s": 0.3,
@@ -214,7 +213,7 @@ def test_server_cpu_is_attached_per_level_and_per_token() -> None:
 
 
 def test_busy_cpu_seconds_grows() -> None:
-    from benchmarks.machine import busy_cpu_seconds
+    from benchmarks.lib.machine import busy_cpu_seconds
 
     first = busy_cpu_seconds()
     assert first is not None and first > 0
@@ -226,7 +225,7 @@ def test_busy_cpu_seconds_grows() -> None:
 def test_cpu_seconds_of_a_live_process() -> None:
     import os
 
-    from benchmarks.servers import Running
+    from benchmarks.lib.servers import Running
 
     srv = Running("x", "", "", [], Path("/dev/null"), 0.0, os.getpid())
     own, children = srv.cpu_seconds() or (-1.0, -1.0)

@@ -17,7 +17,8 @@ import pytest
 
 from benchmarks import load
 from benchmarks.fakeserver import AUTH_CODE, create_app, serve_in_thread
-from benchmarks.workloads import Level, Workload
+from benchmarks.lib import loadgen
+from benchmarks.lib.workloads import Level, Workload
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def fake() -> Iterator[tuple[str, Any]]:
 
 def _run(url: str, workload: Workload, levels: list[Level], **kw: Any) -> dict[str, Any]:
     kw.setdefault("warmup", 0)
-    return asyncio.run(load.run_load(url, AUTH_CODE, workload, levels, **kw))
+    return asyncio.run(loadgen.run_load(url, AUTH_CODE, workload, levels, **kw))
 
 
 def test_single_turns_send_the_seed_shape_with_length_controls(fake: tuple[str, Any]) -> None:
@@ -110,7 +111,7 @@ def test_barge_in_cuts_turns_and_echoes_what_was_heard(fake: tuple[str, Any]) ->
 def test_errors_are_counted_by_kind(fake: tuple[str, Any], path: str, auth: str, kind: str) -> None:
     url, _ = fake
     doc = asyncio.run(
-        load.run_load(url + path, auth, Workload(), [Level(units=3, concurrency=3)], warmup=0)
+        loadgen.run_load(url + path, auth, Workload(), [Level(units=3, concurrency=3)], warmup=0)
     )
     level = doc["levels"][0]
     assert level["errors"] == {kind: 3}
@@ -126,7 +127,7 @@ def test_warmup_failure_stops_the_run(fake: tuple[str, Any]) -> None:
     url, _ = fake
     with pytest.raises(RuntimeError, match="http_401"):
         asyncio.run(
-            load.run_load(url, "wrong", Workload(), [Level(units=1, concurrency=1)], warmup=1)
+            loadgen.run_load(url, "wrong", Workload(), [Level(units=1, concurrency=1)], warmup=1)
         )
 
 
@@ -172,13 +173,13 @@ def test_cli_exit_code_is_non_zero_on_errors(fake: tuple[str, Any]) -> None:
 
 
 def test_build_levels() -> None:
-    assert load.build_levels([1, 8], None, [10]) == [
+    assert loadgen.build_levels([1, 8], None, [10]) == [
         Level(units=10, concurrency=1),
         Level(units=10, concurrency=8),
     ]
-    assert load.build_levels([4], [0.5, 2.0], [3, 6]) == [
+    assert loadgen.build_levels([4], [0.5, 2.0], [3, 6]) == [
         Level(units=3, rate=0.5, concurrency=4),
         Level(units=6, rate=2.0, concurrency=4),
     ]
     with pytest.raises(SystemExit):
-        load.build_levels([1, 2, 3], None, [1, 2])
+        loadgen.build_levels([1, 2, 3], None, [1, 2])

@@ -1,6 +1,6 @@
 """Tiny random-weight checkpoints with Qwen's real vocabulary and chat templates.
 
-`tests/tiny_checkpoint.py` trains an 800-token tokenizer, which is enough for protocol tests
+`benchmarks/lib/tiny_checkpoint.py` trains an 800-token tokenizer, which is enough for protocol tests
 but not for the promises that depend on Qwen's own vocabulary: that Chinese round-trips through
 151,643 byte-level BPE ranks, and that every control and added token a caller types stays plain
 text, including `<think>`, `<tool_call>` and the FIM tokens, which Qwen's tokenizers add as
@@ -23,7 +23,7 @@ The weights come from `tiny_checkpoint.save_model`, whose planted circuit keeps 
 8.4 s for the first variant in a fresh process (about 3 s importing torch and transformers, 2 s
 converting the ranks), 2.5 s for the second (the converted BPE is cached in-process).
 
-Usage: `python -m tests.qwen_checkpoint DEST [--qwen3]` or `build(Path(DEST), qwen3=...)`.
+Usage: `python -m benchmarks.lib.qwen_checkpoint DEST [--qwen3]` or `build(Path(DEST), qwen3=...)`.
 """
 
 # ruff: noqa: E501  (the chat templates are kept line for line as Qwen publishes them)
@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.tiny_checkpoint import save_model
+from benchmarks.lib.tiny_checkpoint import save_model
 
 # Qwen2/2.5's pre-tokenizer: single digits, letters with at most one leading non-letter.
 PATTERN = (
@@ -375,10 +375,10 @@ def build(dest: Path, *, qwen3: bool = False) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    """CLI: `python -m tests.qwen_checkpoint DEST [--qwen3]`."""
+    """CLI: `python -m benchmarks.lib.qwen_checkpoint DEST [--qwen3]`."""
     args = [a for a in argv if a != "--qwen3"]
     if len(args) != 1:
-        sys.stderr.write("usage: python -m tests.qwen_checkpoint DEST [--qwen3]\n")
+        sys.stderr.write("usage: python -m benchmarks.lib.qwen_checkpoint DEST [--qwen3]\n")
         return 2
     sys.stdout.write(f"{build(Path(args[0]), qwen3='--qwen3' in argv)}\n")
     return 0

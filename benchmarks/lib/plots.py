@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # the backend must be chosen before pyplot is imported
 from matplotlib.ticker import MaxNLocator
 
+from benchmarks.lib import report
+
 COLORS = {"ours": "tab:blue", "theirs": "tab:orange"}
 
 
@@ -26,7 +28,7 @@ def _closed_levels(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
 def ttft_vs_concurrency(result: dict[str, Any], path: Path) -> Path:
     """TTFT p50/p90/p99 against concurrency for both servers (single-turn workload)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for side, label in (("ours", "callgate"), ("theirs", "vLLM server")):
+    for side, label in report.labels(result).items():
         levels = _closed_levels(result["runs"].get(side, {}).get("single"))
         if not levels:
             continue
@@ -47,7 +49,7 @@ def ttft_vs_concurrency(result: dict[str, Any], path: Path) -> Path:
 def throughput_vs_concurrency(result: dict[str, Any], path: Path) -> Path:
     """Output tokens/s against concurrency for both servers (single-turn workload)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for side, label in (("ours", "callgate"), ("theirs", "vLLM server")):
+    for side, label in report.labels(result).items():
         levels = _closed_levels(result["runs"].get(side, {}).get("single"))
         if not levels:
             continue
@@ -68,7 +70,7 @@ def ttft_by_turn(result: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = ["-o", "--s", ":^", "-.d"]
     series = 0
-    for side, label in (("ours", "callgate"), ("theirs", "vLLM server")):
+    for side, label in report.labels(result).items():
         doc = result["runs"].get(side, {}).get("calls")
         if not doc:
             continue

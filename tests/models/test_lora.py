@@ -1,22 +1,21 @@
 """LoRA adapters by model alias: one engine serves the base model and an adapter variant.
 
 `qwen-plus` is the base checkpoint, `qwen-plus-hotel` the same checkpoint through a tiny peft
-adapter (`tests.tiny_adapter`) with the same system prompt, so any difference in their greedy
-replies is the adapter's. vLLM's CPU build serves LoRA (its punica CPU wrapper).
+adapter (`benchmarks.lib.tiny_adapter`) with the same system prompt, so any difference in their
+greedy replies is the adapter's. vLLM's CPU build serves LoRA (its punica CPU wrapper).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, TINY_CONFIG, _free_port, _server_env
-from tests.tiny_adapter import build_adapter
+from benchmarks.lib.servers import run_to_exit
+from benchmarks.lib.tiny_adapter import build_adapter
+from tests.conftest import TINY_CONFIG, server_side
 
 HOTEL = "qwen-plus-hotel"
 BIZ = {"city": "Hangzhou"}
@@ -101,12 +100,8 @@ def test_vllm_takes_exactly_our_max_lora_ranks():
 )
 def test_an_alias_with_a_missing_adapter_refuses_to_start(tiny_model_dir, tmp_path, lora, why):
     lora = lora.format(tmp=tmp_path)
-    cmd = [sys.executable, "-m", "server", "--config", str(_config(tmp_path, lora))]
-    cmd += ["--model", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(_free_port())]
-    env = _server_env({"HF_HUB_CACHE": str(tmp_path / "hub")})  # offline: HF_HUB_OFFLINE=1
-    run = subprocess.run(
-        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub")}  # offline: HF_HUB_OFFLINE=1
+    run = run_to_exit(server_side(tiny_model_dir, env=env, config=_config(tmp_path, lora)))
     assert run.returncode == 2, run.stderr[-2000:]
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, run.stderr[-2000:]

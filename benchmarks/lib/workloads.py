@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import httpx
 
-from benchmarks.client import TurnResult, stream_turn
+from benchmarks.lib.client import TurnResult, stream_turn
 
 OPENING = "Hello, valued Alibaba Cloud customer. This is a test of the opening message."
 

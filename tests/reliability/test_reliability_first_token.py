@@ -5,7 +5,8 @@ engine never meets, so every turn must still end well: HTTP 200, the role chunk,
 fallback sentence as content, a final chunk with `finish_reason`, `[DONE]`, counted as
 `deadline`, and no engine request left behind. `max_tokens` is 1500 with `ignore_eos`, so an
 engine request that was not aborted would keep vLLM busy for seconds and show in its running
-count. The last test kills the engine core, which ends the server.
+count. The engine-death test kills the engine core, which ends the server: it uses the
+module's server up, and a test after it would get a fresh one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.conftest import ServerSlot
 from tests.reliability_helpers import (
     ENGINE_EXIT_S,
     FALLBACK,
@@ -39,13 +41,19 @@ TURN_TOKENS = 1500
 
 
 @pytest.fixture(scope="module")
-def stalled(start_server):
+def stalled_slot(start_server):
     env = {
         "CALLGATE_DEADLINES__FIRST_TOKEN_S": "0.001",
         "CALLGATE_SAMPLING__MAX_TOKENS": str(TURN_TOKENS),
     }
-    with start_server(env=env) as handle:
-        yield handle
+    with ServerSlot(lambda: start_server(env=env)) as slot:
+        yield slot
+
+
+@pytest.fixture
+def stalled(stalled_slot):
+    """The module's server (a fresh one if the engine-death test used the last one up)."""
+    return stalled_slot.get()
 
 
 @pytest.fixture
@@ -110,7 +118,8 @@ def test_many_turns_missing_the_deadline_at_once_all_end_well(stalled, before):
 # -- engine death while idle (last: the server exits) ----------------------------------------
 
 
-def test_zz_engine_death_while_idle_fails_health_refuses_turns_and_exits_nonzero(stalled, before):
+def test_engine_death_while_idle_fails_health_refuses_turns_and_exits_nonzero(stalled_slot, before):
+    stalled = stalled_slot.use_up()
     family = descendants(stalled)
     engine_core(stalled).send_signal(signal.SIGKILL)
     health: list[int] = []

@@ -1,4 +1,4 @@
-"""Build a tiny LoRA adapter (peft) for the tiny checkpoint (`tests.tiny_checkpoint`).
+"""Build a tiny LoRA adapter (peft) for the tiny checkpoint (`benchmarks.lib.tiny_checkpoint`).
 
 An adapter fresh from peft changes nothing (its B matrices start at zero). This one has large
 seeded random A and B on the attention and MLP projections, so that the greedy reply through

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from benchmarks.lib.qwen_checkpoint import prompt_token_counts
 from tests.conftest import Api, launch_server
-from tests.qwen_checkpoint import prompt_token_counts
 
 FALLBACK = "Sorry, could you say that again?"  # the qwen-plus alias in tests/tiny.yaml
 SYSTEM = "You are a phone agent. The caller is in Hangzhou."

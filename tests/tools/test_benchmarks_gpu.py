@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu.__main__ import callgate_has_workers
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -32,10 +31,7 @@ def test_gpu_script_dry_run_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((out / "gpu.json").read_text())
     names = [s["name"] for s in result["sides"]]
-    expected = ["vllm", "callgate-2", "callgate-1", "vllm-2"]
-    if not callgate_has_workers():
-        expected.remove("callgate-2")
-    assert names == expected
+    assert names == ["vllm", "callgate-2", "callgate-1", "vllm-2"]
     for side in result["sides"]:
         assert "error" not in side, side
         assert side["startup_s"] > 0

@@ -3,7 +3,7 @@
 Real engine, tiny checkpoint, a real server process with two workers. One shared server for the
 tests that leave it as they found it (streams, spread, admission, metrics, hang-ups); engine
 death and worker death each get a server of their own. Draining on SIGTERM with two workers is
-in tests/test_reliability_shutdown.py.
+in tests/reliability/test_reliability_shutdown.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from benchmarks.servers import free_port
+from benchmarks.lib.servers import free_port
 from tests.reliability_helpers import (
     ENGINE_EXIT_S,
     FALLBACK,
@@ -186,9 +186,7 @@ def test_admission_limit_is_global_and_hang_ups_abort(two, idle):
         assert body["error"]["code"] == "server_overloaded"
         assert response.headers["retry-after"].isdigit()
     # The hang-ups reach the engine from whichever worker held them.
-    t0 = time.monotonic()
-    assert wait_idle(two, within_s=2.0).idle, load(two)
-    assert time.monotonic() - t0 < 2.0
+    assert wait_idle(two).idle, load(two)
     changed = delta(outcomes(two), idle)
     assert changed == {"rejected": 3 * MAX_IN_FLIGHT, "client_gone": MAX_IN_FLIGHT}, changed
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from benchmarks.lib.qwen_checkpoint import prompt_token_counts
 from tests.conftest import Api, launch_server
-from tests.qwen_checkpoint import prompt_token_counts
 
 SYSTEM = "You are a concise phone agent."  # the qwen-max alias in tests/tiny.yaml
 EMPTY_THINK_BLOCK_TOKENS = 4  # <think> "\n\n" </think> "\n\n"

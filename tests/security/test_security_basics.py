@@ -37,7 +37,7 @@ from tests.reliability_helpers import (
     well_formed,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SERVER_SOURCES = sorted((REPO / "server").glob("*.py"))
 TEN_MB = 10 * 1024 * 1024
 

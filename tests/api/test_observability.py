@@ -15,7 +15,8 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Api, ServerHandle
+from tests.conftest import Api, ServerHandle, ServerSlot
+from tests.reliability_helpers import IDLE_WITHIN_S, wait_for
 from tests.sse import parse_chat_stream
 
 
@@ -155,8 +156,12 @@ def test_one_json_log_line_per_turn_without_message_text(
         )
     )
     rid = r.headers["x-request-id"]
-    time.sleep(0.2)
-    mine = [e for e in _turn_lines(api.handle) if e["request_id"] == rid]
+
+    def logged() -> list[dict[str, Any]]:
+        return [e for e in _turn_lines(api.handle) if e["request_id"] == rid]
+
+    wait_for(lambda: bool(logged()), timeout_s=30.0)
+    mine = logged()
     assert len(mine) == 1
     entry = mine[0]
     for key in (
@@ -172,18 +177,20 @@ def test_one_json_log_line_per_turn_without_message_text(
     assert api.handle.auth not in log
 
 
-@pytest.fixture(scope="module")
-def fresh(start_server: Callable[..., Any]) -> Iterator[tuple[ServerHandle, list[int]]]:
+FRESH_ENV = {
+    "CALLGATE_AUTH__PROTECT_METRICS": "true",
+    "CALLGATE_SHUTDOWN__DRAIN_S": "30",
+    "CALLGATE_SAMPLING__MAX_TOKENS": "2000",
+    # This server also covers the other response class, with keep-alive pings on.
+    "CALLGATE_SERVER__SSE": "sse-starlette",
+    "CALLGATE_SERVER__SSE_PING_S": "0.2",
+}
+
+
+@contextlib.contextmanager
+def _watched(start_server: Callable[..., Any]) -> Iterator[tuple[ServerHandle, list[int]]]:
     """A server of its own, watched from the first second: /ready codes seen while starting."""
-    env = {
-        "CALLGATE_AUTH__PROTECT_METRICS": "true",
-        "CALLGATE_SHUTDOWN__DRAIN_S": "30",
-        "CALLGATE_SAMPLING__MAX_TOKENS": "2000",
-        # This server also covers the other response class, with keep-alive pings on.
-        "CALLGATE_SERVER__SSE": "sse-starlette",
-        "CALLGATE_SERVER__SSE_PING_S": "0.2",
-    }
-    with start_server(env=env, wait_ready=False) as handle:
+    with start_server(env=FRESH_ENV, wait_ready=False) as handle:
         seen: list[int] = []
         deadline = time.monotonic() + 240
         with httpx.Client(timeout=5) as client:
@@ -194,6 +201,22 @@ def fresh(start_server: Callable[..., Any]) -> Iterator[tuple[ServerHandle, list
                     break
                 time.sleep(0.2)
         yield handle, seen
+
+
+@pytest.fixture(scope="module")
+def fresh_slot(
+    start_server: Callable[..., Any],
+) -> Iterator[ServerSlot[tuple[ServerHandle, list[int]]]]:
+    with ServerSlot(lambda: _watched(start_server)) as slot:
+        yield slot
+
+
+@pytest.fixture
+def fresh(
+    fresh_slot: ServerSlot[tuple[ServerHandle, list[int]]],
+) -> tuple[ServerHandle, list[int]]:
+    """The module's watched server (a fresh one if the draining test used the last one up)."""
+    return fresh_slot.get()
 
 
 def test_ready_is_503_while_the_engine_loads(fresh: tuple[ServerHandle, list[int]]) -> None:
@@ -224,7 +247,7 @@ def test_in_flight_returns_to_zero_after_a_disconnect(
         next(lines)
         during = value(api.metrics_text(), "callgate_requests_in_flight", model="qwen-plus")
         assert during >= 1
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + IDLE_WITHIN_S
     while time.monotonic() < deadline:
         text = api.metrics_text()
         if (
@@ -237,7 +260,7 @@ def test_in_flight_returns_to_zero_after_a_disconnect(
             break
         time.sleep(0.1)
     else:
-        pytest.fail("in-flight gauge or vLLM running count did not return to 0 within 2 s")
+        pytest.fail(f"in-flight gauge or vLLM running count not back to 0 in {IDLE_WITHIN_S} s")
     assert value(text, "callgate_requests_total", model="qwen-plus", outcome="client_gone") >= 1
 
 
@@ -255,12 +278,17 @@ def test_sse_starlette_with_keepalive_pings_streams_the_same_shape(
     assert stream.finish_reason == "length" and stream.payloads[-1] == "[DONE]"
 
 
+def in_flight(api: Api) -> float:
+    """`callgate_requests_in_flight` of the `qwen-plus` alias now."""
+    return value(api.metrics_text(), "callgate_requests_in_flight", model="qwen-plus")
+
+
 def test_ready_is_503_while_draining(
-    fresh: tuple[ServerHandle, list[int]],
+    fresh_slot: ServerSlot[tuple[ServerHandle, list[int]]],
     make_api: Callable[[ServerHandle], Api],
     chat_body: Callable[..., Any],
 ) -> None:
-    handle, _ = fresh
+    handle, _ = fresh_slot.use_up()  # SIGTERM ends it
     api = make_api(handle)
     result: dict[str, Any] = {}
 
@@ -270,10 +298,11 @@ def test_ready_is_503_while_draining(
 
     worker = threading.Thread(target=long_turn)
     worker.start()
-    time.sleep(0.5)
+    assert wait_for(lambda: in_flight(api) >= 1, timeout_s=60.0), "the turn was never admitted"
     handle.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.1)
-    assert api.client.get(f"{handle.url}/ready").status_code == 503
+    assert wait_for(
+        lambda: api.client.get(f"{handle.url}/ready").status_code == 503, timeout_s=30.0
+    )
     assert api.client.get(f"{handle.url}/health").status_code == 200
     api.assert_error(api.post(chat_body()), 503)
     worker.join(timeout=60)

@@ -7,11 +7,12 @@ on stderr, before any engine work, without echoing the code.
 from __future__ import annotations
 
 import subprocess
-import sys
+from dataclasses import replace
 
 import pytest
 
-from tests.conftest import REPO_ROOT, TINY_CONFIG, _free_port, _server_env
+from benchmarks.lib.servers import run_to_exit
+from tests.conftest import REPO_ROOT, server_side
 
 PLACEHOLDERS = {
     ".env.example": "sk-REPLACE-WITH-A-LONG-RANDOM-CODE",
@@ -21,23 +22,11 @@ PLACEHOLDERS = {
 def _run(
     tiny_model_dir, codes: str | None, host: str = "127.0.0.1"
 ) -> subprocess.CompletedProcess[str]:
-    env = _server_env({})
-    env.pop("CALLGATE_AUTH_CODES")
+    side = server_side(tiny_model_dir, extra_args=["--host", host])
+    env = {k: v for k, v in side.env.items() if k != "CALLGATE_AUTH_CODES"}
     if codes is not None:
         env["CALLGATE_AUTH_CODES"] = codes
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--config",
-        str(TINY_CONFIG),
-        "--model",
-        str(tiny_model_dir),
-    ]
-    cmd += ["--host", host, "--port", str(_free_port())]
-    return subprocess.run(
-        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    return run_to_exit(replace(side, env=env))
 
 
 def _shipped_placeholders() -> list[str]:

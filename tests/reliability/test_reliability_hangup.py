@@ -13,7 +13,7 @@ that every stage of a turn can be hit on purpose:
 
 After every stage, vLLM's running and waiting counts and our in-flight gauge must be back to zero
 within two seconds and a new turn must be served normally. The engine-death test kills the
-server, so it is the last test of the module.
+server: it uses the module's server up, and a test after it would get a fresh one.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.conftest import ServerSlot
 from tests.reliability_helpers import (
     ENGINE_EXIT_S,
     FALLBACK,
@@ -69,7 +70,7 @@ ROUNDS = 2  # each stage drops ROUNDS x (its batch) streams: dozens in all
 
 
 @pytest.fixture(scope="module")
-def busy(start_server):
+def busy_slot(start_server):
     env = {
         "CALLGATE_ENGINE__MAX_NUM_SEQS": str(MAX_NUM_SEQS),
         # Past the tiny checkpoint's 4096 positions, so that a turn can outlast turn_s.
@@ -80,8 +81,14 @@ def busy(start_server):
         "CALLGATE_LIMITS__MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
         "CALLGATE_DEADLINES__TURN_S": str(TURN_S),
     }
-    with start_server(env=env) as handle:
-        yield handle
+    with ServerSlot(lambda: start_server(env=env)) as slot:
+        yield slot
+
+
+@pytest.fixture
+def busy(busy_slot):
+    """The module's server (a fresh one if the engine-death test used the last one up)."""
+    return busy_slot.get()
 
 
 @pytest.fixture
@@ -408,10 +415,11 @@ def _turn_lines(log: str) -> list[tuple[dict[str, Any], float]]:
     return found
 
 
-# -- engine death with streams open (last: the server exits) ---------------------------------
+# -- engine death with streams open (the server exits) ---------------------------------------
 
 
-def test_zz_engine_death_mid_stream_ends_turns_audibly_and_exits_nonzero(busy, idle_before):
+def test_engine_death_mid_stream_ends_turns_audibly_and_exits_nonzero(busy_slot, idle_before):
+    busy = busy_slot.use_up()
     family = descendants(busy)
     core = engine_core(busy)
     seen_health: list[int] = []
