@@ -21,12 +21,13 @@ from server.chunks import ChunkRenderer
 from server.engine_api import Engine
 from server.errors import EngineUnavailable, Overloaded
 from server.metrics import Metrics
+from server.progress import Progress
 from server.prompt import PromptBuilder, SystemPrompts, assemble
 from server.sampling import sampling_kwargs
 from server.schemas import ChatRequest
 from server.settings import Settings
 from server.tokenizer import ChatTokenizer
-from server.turn import Progress, Turn, TurnPlan
+from server.turn import Turn, TurnPlan
 
 log = logging.getLogger("callgate.turn")
 

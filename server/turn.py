@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from server.chunks import DONE, ChunkRenderer
+from server.progress import Progress
 from server.speech import SpeechFilter
 from server.thinking import ThinkingFilter
 
@@ -48,31 +49,6 @@ if TYPE_CHECKING:
     from server.schemas import ChatRequest
 
 log = logging.getLogger("callgate.turn")
-
-
-class Progress:
-    """The stall clock behind /ready and the hung-engine exit: how long the engine has had
-    requests without producing a token for any of them.
-
-    Turns set `at` on every token; the runtime's watchdog calls `tick` every half second.
-    Only busy time counts, so an idle hour is not a stall, while turns that each time out
-    waiting for a first token add up across the gaps between them."""
-
-    __slots__ = ("_tick", "at", "starved_s")
-
-    def __init__(self, now: float | None = None) -> None:
-        self.at = self._tick = time.perf_counter() if now is None else now
-        self.starved_s = 0.0
-
-    def tick(self, busy: bool, now: float | None = None) -> float:
-        """Advance the clock to `now`; the busy seconds since the last token."""
-        now = time.perf_counter() if now is None else now
-        if self.at >= self._tick:  # a token came since the last tick
-            self.starved_s = 0.0
-        if busy:
-            self.starved_s += now - max(self._tick, self.at)
-        self._tick = now
-        return self.starved_s
 
 
 class TextFilter(Protocol):

@@ -25,9 +25,10 @@ from server.chunks import ChunkRenderer
 from server.engine_api import Delta, Engine, EngineParams
 from server.errors import InvalidRequest, Overloaded
 from server.metrics import Metrics
+from server.progress import Progress
 from server.schemas import parse_request
 from server.settings import Settings
-from server.turn import Progress, Turn, TurnPlan
+from server.turn import Turn, TurnPlan
 
 FALLBACK = "Sorry, could you say that again?"
 STALL = object()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.turn import Progress
+from server.progress import Progress
 
 
 def test_idle_time_is_not_a_stall() -> None:
