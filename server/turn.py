@@ -116,6 +116,7 @@ class Turn:
         self.speech = SpeechFilter(plan.url_phrase) if plan.speech_filter else None
         self._filters: list[TextFilter] = [f for f in (self._thinking, self.speech) if f]
         self._said: list[str] = []  # `stream: false`: the reply so far
+        self._heard = False  # text of the reply has been given to the caller
 
     # -- the state machine -------------------------------------------------------------------
 
@@ -124,7 +125,6 @@ class Turn:
         plan, rec = self.plan, self.record
         rec.stage = "before_first_token"
         deltas = self._engine.generate(plan.engine_id, plan.token_ids, plan.sampling, plan.adapter)
-        thinking = self._thinking
         stream = self._filtered(deltas) if self._filters else deltas
         done = False
         loop = asyncio.get_running_loop()
@@ -143,6 +143,7 @@ class Turn:
             self._progress.at = time.perf_counter()
             if first is not None:
                 if first.text:
+                    self._heard = True
                     yield first.text
                 if first.finished:
                     self._set_reason(first.finish_reason)
@@ -154,8 +155,9 @@ class Turn:
                 # Interrupted (shutdown), aborted elsewhere, or ended without a finish reason.
                 rec.outcome = self._interrupt or "error"
                 yield self._joiner() + plan.fallback_text
-            elif thinking is not None and not thinking.answering:
-                # All reasoning, no answer: the caller hears the fallback, never the reasoning.
+            elif self._filters and not self._heard:
+                # All reasoning, or nothing a voice can say (an emoji, a code block): the
+                # caller hears the fallback, never silence and never the reasoning.
                 yield plan.fallback_text
         except (asyncio.CancelledError, GeneratorExit):
             rec.outcome = rec.outcome or "client_gone"
@@ -175,8 +177,7 @@ class Turn:
 
     def _joiner(self) -> str:
         """A space before the fallback sentence when the caller has already heard words."""
-        heard = self.record.output_tokens and (self._thinking is None or self._thinking.speaking)
-        return " " if heard else ""
+        return " " if self._heard else ""
 
     async def _filtered(self, deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
         """The engine's deltas with their text through the filters (reasoning out, then what a

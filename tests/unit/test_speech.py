@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.speech import SpeechFilter, speak
-from tests.scripted_engine import ScriptedEngine, scripted_turn, texts_of
+from tests.scripted_engine import FALLBACK, ScriptedEngine, scripted_turn, texts_of
 
 EXAMPLES = [
     (
@@ -133,3 +133,11 @@ def test_with_the_filter_off_the_text_is_the_engines() -> None:
     turn = scripted_turn(ScriptedEngine(LIST_REPLY))
     assert turn.speech is None
     assert "".join(asyncio.run(texts_of(turn))) == "".join(LIST_REPLY)
+
+
+def test_a_reply_with_nothing_a_voice_can_say_ends_with_the_fallback() -> None:
+    """An emoji or a code block alone would be a silent turn: the caller hears the fallback."""
+    for reply in (["😊", "🎉"], ["```python\n", "print(1)\n", "```"]):
+        turn = scripted_turn(ScriptedEngine(reply), speech_filter=True)
+        assert asyncio.run(texts_of(turn)) == [FALLBACK]
+        assert turn.record.outcome == "stop" and turn.record.output_tokens == len(reply)
