@@ -116,6 +116,8 @@ class Runtime:
             if hung_s and self.switchboard.stalled(hung_s):
                 if self.state in ("stopped", "dead"):
                     return
+                if not engine.alive:
+                    break  # it died rather than hung: exit 3, below
                 log.error(
                     "the engine has produced nothing for %.0f s with requests unfinished: it "
                     "is hung; open turns end with the fallback sentence; exiting",
