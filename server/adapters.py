@@ -8,6 +8,11 @@ reads as a hub id (`org/name`) is looked up in the Hugging Face cache, then down
 (metadata requests time out after `HUB_TIMEOUT_S`; offline mode fails at once). Whether vLLM
 can apply the weights to the checkpoint is known only when the engine loads them (exit 4).
 
+From the hub, only the adapter's own files are fetched (`ADAPTER_FILES`: its config and
+weights, not whatever else the repository holds), at `lora_revision`, a commit hash: a branch
+can be moved by whoever controls the repository, a commit cannot. Without one the main branch
+is served, and start-up says which commit that was so that it can be pinned.
+
 The engine is sized from the adapters: `enable_lora`, the smallest `max_lora_rank` vLLM
 accepts that holds the largest rank, and `max_loras` = the number of distinct adapters, so
 turns of every alias share one batch. `engine.extra` may lower `max_loras` (memory) but not set
@@ -19,6 +24,7 @@ Pure but for reading the adapter configs (and the hub cache): no vLLM, no engine
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from server.settings import AliasSettings
+
+log = logging.getLogger("callgate")
 
 # vLLM's `MaxLoRARanks` (vllm/config/lora.py, the same from 0.26 through 0.32): the only
 # values `max_lora_rank` takes. A test compares them with the installed vLLM's.
@@ -36,6 +44,8 @@ HUB_TIMEOUT_S = 10.0
 CONFIG_FILE = "adapter_config.json"
 # The weight files vLLM's LoRA loader reads (vllm/lora/lora_model.py), in its order.
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_model.pt")
+# Everything fetched from the hub: what vLLM's loader and `_rank` read, nothing else.
+ADAPTER_FILES = (CONFIG_FILE, *WEIGHT_FILES)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -98,14 +108,19 @@ def lora_rank_for(rank: int) -> int:
 
 def resolve(aliases: Mapping[str, AliasSettings], extra: Mapping[str, Any]) -> Adapters:
     """Resolve every alias's adapter (see the module docstring); `extra` is `engine.extra`."""
-    by_source: dict[str, Adapter] = {}
+    by_source: dict[tuple[str, str | None], Adapter] = {}
     by_alias: dict[str, Adapter] = {}
     for alias, settings in aliases.items():
         if settings.lora is None:
+            if settings.lora_revision is not None:
+                raise AdapterError(f"models.aliases.{alias}.lora_revision is set without a lora")
             continue
         where = f"models.aliases.{alias}.lora {settings.lora!r}"
-        if settings.lora not in by_source:
-            path = _local_dir(settings.lora, where)
+        if settings.lora_revision is not None:
+            where += f" at {settings.lora_revision}"
+        source = (settings.lora, settings.lora_revision)
+        if source not in by_source:
+            path = _local_dir(settings.lora, settings.lora_revision, where)
             rank = _rank(path, where)
             if not any((path / name).is_file() for name in WEIGHT_FILES):
                 raise AdapterError(f"{where}: {path} has no {WEIGHT_FILES[0]} (or .bin, .pt)")
@@ -113,8 +128,8 @@ def resolve(aliases: Mapping[str, AliasSettings], extra: Mapping[str, Any]) -> A
                 lora_rank_for(rank)
             except ValueError as e:
                 raise AdapterError(f"{where}: {e}") from None
-            by_source[settings.lora] = Adapter(alias, len(by_source) + 1, str(path), rank)
-        by_alias[alias] = by_source[settings.lora]
+            by_source[source] = Adapter(alias, len(by_source) + 1, str(path), rank)
+        by_alias[alias] = by_source[source]
     if not by_alias:
         return Adapters()
     clash = [k for k in DERIVED_ARGS if k in extra]
@@ -129,21 +144,33 @@ def resolve(aliases: Mapping[str, AliasSettings], extra: Mapping[str, Any]) -> A
     return Adapters(by_alias)
 
 
-def _local_dir(source: str, where: str) -> Path:
-    """The adapter's directory: `source` itself, or the hub repository's cached snapshot."""
+def _local_dir(source: str, revision: str | None, where: str) -> Path:
+    """The adapter's directory: `source` itself, or the hub repository's snapshot at
+    `revision` (cached, else downloaded)."""
     path = Path(source).expanduser()
     if path.exists() or not _HUB_ID.match(source):
+        if revision is not None:
+            raise AdapterError(f"{where}: lora_revision is for a hub id, not a directory")
         if not (path / CONFIG_FILE).is_file():
             raise AdapterError(f"{where}: {path} is not a directory with an {CONFIG_FILE}")
         return path.resolve()
-    return _hub_snapshot(source, where)
+    snapshot = _hub_snapshot(source, revision, where)
+    if revision is None:  # the snapshot directory's name is the commit it holds
+        log.warning(
+            "%s is not pinned: serving commit %s of its main branch; set lora_revision: %s "
+            "beside it to keep serving this one",
+            where,
+            snapshot.name,
+            snapshot.name,
+        )
+    return snapshot
 
 
-def _hub_snapshot(repo_id: str, where: str) -> Path:
+def _hub_snapshot(repo_id: str, revision: str | None, where: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except Exception:  # not cached (or a broken cache entry): try the hub once
         pass
     if _offline():
@@ -151,7 +178,14 @@ def _hub_snapshot(repo_id: str, where: str) -> Path:
             f"{where}: no such directory, and not in the Hugging Face cache (offline mode)"
         )
     try:
-        return Path(snapshot_download(repo_id, etag_timeout=HUB_TIMEOUT_S))
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=list(ADAPTER_FILES),
+                etag_timeout=HUB_TIMEOUT_S,
+            )
+        )
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise AdapterError(

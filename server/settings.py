@@ -178,6 +178,13 @@ class AliasSettings(_Section):
         "directory with an adapter_config.json, or a hub id (from the cache, else downloaded "
         "once at start-up). None: the base model. A missing adapter refuses start-up.",
     )
+    lora_revision: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{40}$",
+        description="For a hub id in `lora`: the commit (40 hex digits) to serve, so that what "
+        "is served cannot change behind you. None: the main branch at start-up (the log names "
+        "its commit, to pin). Only the adapter's config and weights are downloaded.",
+    )
 
 
 class ModelsSettings(_Section):

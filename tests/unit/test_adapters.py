@@ -165,3 +165,92 @@ def test_a_hub_id_not_cached_offline_is_refused(hub_cache: Path) -> None:
     message = str(err.value)
     assert message.startswith("models.aliases.qwen-plus-hotel.lora 'acme/not-cached': ")
     assert "not in the Hugging Face cache (offline mode)" in message
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The hub unreachable from here: `snapshot_download` records its arguments and, for a
+    download, answers with an adapter directory as the real one would (a cache miss first)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls: list[dict[str, Any]] = []
+
+    def snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        calls.append({"repo_id": repo_id, **kwargs})
+        if kwargs.get("local_files_only"):
+            raise FileNotFoundError("not cached")
+        return str(_adapter(tmp_path / "snapshots" / (kwargs.get("revision") or "a" * 40)))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_a_hub_download_fetches_only_the_adapter_files_at_the_pinned_commit(
+    hub_calls: list[dict[str, Any]],
+) -> None:
+    aliases = {"hotel": AliasSettings(lora="acme/qwen-hotel-lora", lora_revision=COMMIT)}
+    adapters = resolve(aliases, {})
+    assert adapters.by_alias["hotel"].path.endswith(COMMIT)
+    cached, download = hub_calls
+    assert cached["local_files_only"] and cached["revision"] == COMMIT
+    assert download["repo_id"] == "acme/qwen-hotel-lora" and download["revision"] == COMMIT
+    assert sorted(download["allow_patterns"]) == sorted(
+        [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "adapter_model.bin",
+            "adapter_model.pt",
+        ]
+    )
+
+
+def test_an_unpinned_hub_adapter_says_which_commit_it_serves(
+    hub_calls: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="callgate"):
+        resolve({"hotel": AliasSettings(lora="acme/qwen-hotel-lora")}, {})
+    download = hub_calls[-1]
+    assert download["revision"] is None and "allow_patterns" in download
+    (record,) = caplog.records
+    assert "is not pinned" in record.getMessage()
+    assert f"lora_revision: {'a' * 40}" in record.getMessage()
+
+
+def test_two_revisions_of_one_repository_are_two_adapters(hub_calls: list[dict[str, Any]]) -> None:
+    aliases = {
+        "old": AliasSettings(lora="acme/qwen-hotel-lora", lora_revision=COMMIT),
+        "new": AliasSettings(lora="acme/qwen-hotel-lora", lora_revision="f" * 40),
+        "new-2": AliasSettings(lora="acme/qwen-hotel-lora", lora_revision="f" * 40),
+    }
+    adapters = resolve(aliases, {})
+    assert [a.lora_id for a in adapters.distinct] == [1, 2]
+    assert adapters.by_alias["new-2"] == adapters.by_alias["new"]
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "0123abcd", COMMIT.upper(), COMMIT + "0"])
+def test_lora_revision_must_be_a_full_commit_hash(revision: str) -> None:
+    with pytest.raises(ValueError, match="lora_revision"):
+        AliasSettings(lora="acme/qwen-hotel-lora", lora_revision=revision)
+
+
+def test_lora_revision_is_for_a_hub_id_only(tmp_path: Path) -> None:
+    hotel = _adapter(tmp_path / "hotel")
+    with pytest.raises(AdapterError, match="lora_revision is for a hub id, not a directory"):
+        resolve({"hotel": AliasSettings(lora=str(hotel), lora_revision=COMMIT)}, {})
+    with pytest.raises(AdapterError, match=r"models\.aliases\.hotel\.lora_revision is set without"):
+        resolve({"hotel": AliasSettings(lora_revision=COMMIT)}, {})
+
+
+def test_a_pinned_hub_id_resolves_to_that_cached_commit(hub_cache: Path) -> None:
+    repo = hub_cache / "models--acme--qwen-hotel-lora"
+    pinned = _adapter(repo / "snapshots" / COMMIT, r=16)
+    _adapter(repo / "snapshots" / ("b" * 40), r=8)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("b" * 40)
+    aliases = {"hotel": AliasSettings(lora="acme/qwen-hotel-lora", lora_revision=COMMIT)}
+    assert resolve(aliases, {}).by_alias["hotel"].path == str(pinned)
