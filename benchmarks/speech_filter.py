@@ -3,7 +3,9 @@
 Streams replies through `server.speech.SpeechFilter` in engine-sized deltas (1-6 characters,
 as a tokenizer cuts them) and reports the cost per delta against the same loop without the
 filter, for plain sentences (nothing to filter), a markdown list with emoji and a URL, and a
-Chinese reply. The TTFT side of the question is measured on a server with two aliases (filter
+Chinese reply; then a hostile reply of marker runs (4096 deltas of 80 `#` at a line start, a
+letter, 1024 deltas of 80 `-`: SmolLM2 has single tokens of 80 `#`), its total time and its
+slowest delta. The TTFT side of the question is measured on a server with two aliases (filter
 on and off) with `benchmarks.load`; see benchmarks/README.md.
 """
 
@@ -65,6 +67,19 @@ def per_delta_ns(deltas: list[str], make: Callable[[], SpeechFilter | None], rou
     return statistics.median(samples)
 
 
+def hostile() -> tuple[float, float]:
+    """The marker-run reply's total time and slowest delta (seconds)."""
+    deltas = ["Intro\n", *["#" * 80] * 4096, "a", *["-" * 80] * 1024, " end"]
+    f = SpeechFilter()
+    worst, start = 0.0, time.perf_counter()
+    for d in deltas:
+        t = time.perf_counter()
+        f.feed(d)
+        worst = max(worst, time.perf_counter() - t)
+    f.finish()
+    return time.perf_counter() - start, worst
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.speech_filter", description=__doc__)
     p.add_argument("--rounds", type=int, default=300)
@@ -82,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             f.feed(d)
         f.finish()
         rows.append(f"| {name} | {len(deltas)} | {bare:.0f} | {filtered:.0f} | {f.filtered} |")
+    total, worst = hostile()
+    rows.append("")
+    rows.append(
+        f"Marker runs (5,122 deltas): {total * 1000:.1f} ms, slowest delta {worst * 1000:.2f} ms"
+    )
     table = "\n".join(rows)
     print(table)
     if args.out:

@@ -8,9 +8,13 @@ phrase, removes emoji and other symbols a voice cannot say, and collapses whites
 is put next to Chinese text; full-width punctuation stays).
 
 It is a character machine with a small look-ahead: only a possible marker that is split across
-deltas (a lone `*` before its partner, a `#` or `1` at a line start, the `htt` of a URL) is held,
-and the rest of each delta passes through at once. Feeding any split of a text and then
-`finish()` gives exactly `speak(text)` (property-tested). Pure: no I/O, no clock.
+deltas (a `1.` or a fence's first backticks at a line start, the `htt` of a URL) is held, at most
+`MAX_HELD` characters, and the rest of each delta passes through at once. A run of one marker
+character (`####`, `---`, `**`), whose meaning waits on its length and the character after it,
+is counted rather than held: a model can write such runs without end (SmolLM2 has single tokens
+of 80 `#`), and holding them made each delta rescan the run, seconds of stall per turn. The
+machine walks each delta once by index, so its work is linear in the text. Feeding any split of
+a text and then `finish()` gives exactly `speak(text)` (property-tested). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ _PLAIN_DELTA = re.compile(
     r"(?:[A-Za-z0-9,.!?'\";:%$&+=/@)]|(?<![( ]) (?=[A-Za-z0-9\"'$&+=/@(]))+ ?"
 )
 _LAST_WORD = re.compile(r"(?:^|[^a-z0-9])([a-z]+)$")  # a word that may start a URL
+_FENCES = ("```", "~~~")
+_MARKER_RUNS = {ch: re.compile(re.escape(ch) + "+") for ch in "#*_~`-"}
+_DIGITS = re.compile("[0-9]{0,4}")  # a list number: more than 3 digits is not one
+_INDENT = re.compile("[ \t]*")
+# The longest text ever held between deltas: the start of "https://" less its last character.
+MAX_HELD = 7
 
 
 def is_cjk(ch: str) -> bool:
@@ -54,11 +64,14 @@ class SpeechFilter:
 
     def __init__(self, url_phrase: str = "the link") -> None:
         self._url_phrase = url_phrase
-        self._buf = ""  # raw text not decided yet
+        self._buf = ""  # raw text not decided yet (at most MAX_HELD characters between deltas)
+        self._run_ch = ""  # a run of one marker character, counted instead of held
+        self._run_n = 0
         self._out: list[str] = []
         self._last = ""  # the last character spoken
         self._line_start = True
         self._in_fence = False
+        self._indent = False  # only spaces so far on this line of a code block
         self._in_url = False
         self._link_depth = 0  # inside the "(target)" of a markdown link
         self._space = False  # whitespace seen since the last character spoken
@@ -66,7 +79,7 @@ class SpeechFilter:
         self.filtered = 0  # characters removed or replaced (markup, symbols, URLs, code)
 
     def feed(self, text: str) -> str:
-        if not self._buf and self._plain(text):
+        if not self._buf and not self._run_n and self._plain(text):
             # Nothing to filter, no marker split across the delta: spoken as it came.
             body = text.rstrip(" ")
             self._space = len(body) < len(text)
@@ -103,34 +116,52 @@ class SpeechFilter:
         self._run(final=True)
         return self._take()
 
+    @property
+    def held(self) -> int:
+        """Characters received and not yet decided (a counted run aside): at most `MAX_HELD`."""
+        return len(self._buf)
+
     def _take(self) -> str:
         out = "".join(self._out)
         self._out.clear()
         return out
 
     def _run(self, final: bool) -> None:
-        while self._buf:
-            used = self._step(self._buf, final)
+        buf, at = self._buf, 0
+        while at < len(buf):
+            used = self._step(buf, at, final)
             if used == 0:
-                return  # the rest may be a split marker: wait for more text
-            self._buf = self._buf[used:]
+                break  # the rest may be a split marker: wait for more text
+            at += used
+        self._buf = buf[at:]
+        if final and self._run_n:
+            self._end_run(None)
 
-    # -- the machine: each step consumes a prefix of buf; 0 = wait for more text ----------------
+    # -- the machine: each step consumes text from buf[at]; 0 = wait for more text --------------
 
-    def _step(self, buf: str, final: bool) -> int:
-        ch = buf[0]
+    def _step(self, buf: str, at: int, final: bool) -> int:
+        if self._run_n:
+            more = _length(_MARKER_RUNS[self._run_ch], buf, at)
+            if more:  # the run goes on
+                self._run_n += more
+                return more
+            if self._end_run(buf[at]):
+                return 1
+        ch = buf[at]
         if ch == "\r":
+            if self._indent:  # a code block's "  \r": no closing fence on this line
+                self._line_start = self._indent = False
             return 1
         if self._in_fence:
-            return self._fenced(buf, final)
+            return self._fenced(buf, at, final)
         if self._link_depth:
             self._link_depth += (ch == "(") - (ch == ")")
             return self._drop(1)
         if self._in_url:
-            if self._url_ends(buf, final):
+            if self._url_ends(buf, at, final):
                 self._in_url = False
-                return self._step(buf, final)
-            return 0 if len(buf) == 1 and ch in ".,;:!?" and not final else self._drop(1)
+                return self._step(buf, at, final)
+            return 0 if at + 1 == len(buf) and ch in ".,;:!?" and not final else self._drop(1)
         if ch == "\n":
             self._line_start, self._space, self._break = True, True, bool(self._last)
             return 1
@@ -138,82 +169,99 @@ class SpeechFilter:
             self._space = True
             return 1
         if self._line_start:
-            used = self._line_marker(buf, final)
+            used = self._line_marker(buf, at, final)
             if used is not None:
                 return used
             self._line_start = False
-        return self._inline(buf, final)
+        return self._inline(buf, at, final)
 
-    def _line_marker(self, buf: str, final: bool) -> int | None:
+    def _line_marker(self, buf: str, at: int, final: bool) -> int | None:
         """A marker at the start of a line (fence, heading, quote, list item); None: none."""
-        for fence in ("```", "~~~"):
-            if buf.startswith(fence):
+        for fence in _FENCES:
+            if buf.startswith(fence, at):
                 self._in_fence = True
                 return self._drop(len(fence))
-            if fence.startswith(buf) and not final:
+            if fence.startswith(buf[at : at + 3]) and not final:
                 return 0
-        ch, n = buf[0], _run_length(buf)
-        if ch == "#":
-            if n == len(buf):
-                return 0 if not final else self._drop(n)
-            return self._heading(n + 1) if buf[n] in " \t" else None
+        ch, left = buf[at], len(buf) - at
+        if ch == "#":  # a heading's `###`, or text: the character after the run says
+            return self._count_run(buf, at)
         if ch == ">":
             return self._drop(1)
         if ch in _LIST_BULLETS:
-            if len(buf) == 1:
+            if left == 1:
                 return 0 if not final else None
-            return self._list_item(2) if buf[1] in " \t" and n == 1 else None
+            return self._list_item(2) if buf[at + 1] in " \t" else None
         if ch.isdigit():
-            n = len(buf) - len(buf.lstrip("0123456789"))
+            n = _length(_DIGITS, buf, at)
             if n > 3:
                 return None
-            if n == len(buf) or (n + 1 == len(buf) and buf[n] in ".)"):
+            if n == left or (n + 1 == left and buf[at + n] in ".)"):
                 return 0 if not final else None
-            if buf[n] == "、":
+            if buf[at + n] == "、":
                 return self._list_item(n + 1)
-            if buf[n] in ".)" and buf[n + 1] in " \t":
+            if buf[at + n] in ".)" and buf[at + n + 1] in " \t":
                 return self._list_item(n + 2)
         return None
-
-    def _heading(self, used: int) -> int:
-        self._line_start = False
-        return self._drop(used)
 
     def _list_item(self, used: int) -> int:
         self._line_start = False
         self._break = bool(self._last)
         return self._drop(used)
 
-    def _inline(self, buf: str, final: bool) -> int:
-        ch = buf[0]
+    def _count_run(self, buf: str, at: int) -> int:
+        """Start counting a run of one marker character; `_end_run` decides it."""
+        self._run_ch = buf[at]
+        self._run_n = _length(_MARKER_RUNS[self._run_ch], buf, at)
+        return self._run_n
+
+    def _end_run(self, after: str | None) -> int:
+        """Decide the counted run now that the character after it is known (None: the text
+        ended); 1 when that character belongs to the marker (a heading's space)."""
+        ch, n = self._run_ch, self._run_n
+        self._run_n = 0
+        if self._line_start:  # `#`s opening a line
+            if after is None:
+                self._drop(n)
+                return 0
+            self._line_start = False
+            if after in " \t":
+                self._drop(n + 1)
+                return 1
+            self._say(ch * n)  # "#1 in sales"
+            return 0
         word_start = self._space or not self._last.isalnum()
-        if ch in "*_~`-":
-            n = _run_length(buf)
-            if n == len(buf) and not final:
-                return 0  # the run may go on in the next delta
-            if ch == "_" and not word_start and n < len(buf) and buf[n].isalnum():
-                return self._as_text(buf, n)  # snake_case: part of a word
-            if ch in "~-" and n == 1:
-                return self._as_text(buf, 1)  # "~5 minutes", "well-known", "3-5"
+        if ch == "_" and not word_start and after is not None and after.isalnum():
+            self._say(ch * n)  # snake_case: part of a word
+        elif ch in "~-" and n == 1:
+            self._say(ch)  # "~5 minutes", "well-known", "3-5"
+        else:
             if ch == "-":
                 self._space = True  # "--" and rules: a pause
-            return self._drop(n)
+            self._drop(n)
+        return 0
+
+    def _inline(self, buf: str, at: int, final: bool) -> int:
+        ch = buf[at]
+        word_start = self._space or not self._last.isalnum()
+        if ch in "*_~`-":
+            return self._count_run(buf, at)
         if ch == "[":
             return self._drop(1)
         if ch == "]":
-            if len(buf) == 1 and not final:
+            if at + 1 == len(buf) and not final:
                 return 0
-            if buf[1:2] == "(":
+            if buf[at + 1 : at + 2] == "(":
                 self._link_depth = 1
                 return self._drop(2)
             return self._drop(1)
         if not (word_start and ch in "hHwW"):
-            run = _PLAIN_RUN.match(buf)
+            run = _PLAIN_RUN.match(buf, at)
             if run:  # the common case: a word (or Chinese text) with nothing in it to filter
                 self._say(run.group())
-                return run.end()
+                return run.end() - at
         if word_start and ch in "hHwW":
-            lower = buf[:8].lower()
+            lower = buf[at : at + 8].lower()
             for start in _URL_STARTS:
                 if lower.startswith(start):
                     self._in_url = True
@@ -228,39 +276,37 @@ class SpeechFilter:
         self._say(ch)
         return 1
 
-    def _fenced(self, buf: str, final: bool) -> int:
+    def _fenced(self, buf: str, at: int, final: bool) -> int:
         """Inside a code block: drop everything up to and including the closing fence."""
         if self._line_start:
-            body = buf.lstrip(" \t")
-            for fence in ("```", "~~~"):
-                if body.startswith(fence):
-                    self._in_fence = self._line_start = False
+            if buf[at] in " \t":  # an indented fence may follow: the line is still open
+                self._indent = True
+                return self._drop(_length(_INDENT, buf, at))
+            for fence in _FENCES:
+                if buf.startswith(fence, at):
+                    self._in_fence = self._line_start = self._indent = False
                     self._space = True
-                    return self._drop(len(buf) - len(body) + len(fence))
-                if fence.startswith(body) and not final:
+                    return self._drop(len(fence))
+                if fence.startswith(buf[at : at + 3]) and not final:
                     return 0
-        self._line_start = buf[0] == "\n"
+            self._indent = False
+        self._line_start = buf[at] == "\n"
         return self._drop(1)
 
-    def _url_ends(self, buf: str, final: bool) -> bool:
-        ch = buf[0]
+    def _url_ends(self, buf: str, at: int, final: bool) -> bool:
+        ch = buf[at]
         if ch.isspace() or ch in _URL_END or is_cjk(ch):
             return True
         if ch in ".,;:!?":  # sentence punctuation after the URL is spoken
-            if len(buf) == 1:
+            if at + 1 == len(buf):
                 return final
-            return buf[1].isspace() or is_cjk(buf[1])
+            return buf[at + 1].isspace() or is_cjk(buf[at + 1])
         return False
 
     # -- output ----------------------------------------------------------------------------
 
     def _drop(self, n: int) -> int:
         self.filtered += n
-        return n
-
-    def _as_text(self, buf: str, n: int) -> int:
-        for ch in buf[:n]:
-            self._say(ch)
         return n
 
     def _say(self, text: str) -> None:
@@ -285,8 +331,10 @@ class SpeechFilter:
         return first not in _NO_SPACE_BEFORE and last not in _NO_SPACE_AFTER
 
 
-def _run_length(buf: str) -> int:
-    return len(buf) - len(buf.lstrip(buf[0]))
+def _length(pattern: re.Pattern[str], buf: str, at: int) -> int:
+    """How many characters from buf[at] the pattern matches (0: none)."""
+    match = pattern.match(buf, at)
+    return match.end() - at if match else 0
 
 
 def speak(text: str, url_phrase: str = "the link") -> str:
