@@ -3,15 +3,24 @@
 A turn's log line carries its fields in `extra={"turn": {...}}`; the JSON formatter merges them
 into the object. Message text and biz_params values appear only when `server.log_content` is
 on; auth codes never reach a log record at all.
+
+Whatever a caller sent stays on its own line in either format: besides `\n` (escaped by JSON),
+U+0085, U+2028 and U+2029 end a line for Python's `splitlines`, JavaScript and many log viewers,
+and `json.dumps(ensure_ascii=False)` leaves them raw; every line is written with them escaped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
+
+# Line breaks JSON leaves raw (it escapes only U+0000-U+001F), with the other C1 controls and
+# DEL, which terminals act on: written as JSON's `\uXXXX`, valid inside a JSON string too.
+_RAW_BREAKS = re.compile("[\x7f-\x9f\u2028\u2029]")
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,7 +38,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(turn)
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _escape_breaks(json.dumps(entry, ensure_ascii=False, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -41,7 +50,7 @@ class TextFormatter(logging.Formatter):
         turn = getattr(record, "turn", None)
         if isinstance(turn, dict):
             line += " " + " ".join(f"{k}={_value(v)}" for k, v in turn.items() if k != "event")
-        return line
+        return _escape_breaks(line)
 
 
 def _value(v: Any) -> str:
@@ -51,6 +60,10 @@ def _value(v: Any) -> str:
     if text and all(ch.isprintable() and not ch.isspace() and ch not in '"=' for ch in text):
         return text
     return json.dumps(text, ensure_ascii=False)
+
+
+def _escape_breaks(line: str) -> str:
+    return _RAW_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def setup_logging(fmt: str, level: str) -> None:
