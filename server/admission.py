@@ -1,23 +1,78 @@
 """How many turns are in flight, against one limit for the whole server.
 
-With one front-end process the count is a plain integer. With several (`server.workers`), every
-worker holds the same shared counter (a `multiprocessing.Value` made by the supervisor), and a
-turn is admitted by checking and incrementing it under its lock, so the limit holds for the
-server as a whole: N workers never admit N x the limit, and two workers racing for the last slot
-cannot both get it. Admission happens once per turn, not per token; the lock costs about a
-microsecond.
+With one front-end process the count is a plain integer. With several (`server.workers`), the
+supervisor makes a `SharedSlots`: one counter per worker in shared memory, and a lock file.
+A turn is admitted by summing the counters and incrementing the worker's own under the lock, so
+the limit holds for the server as a whole: N workers never admit N x the limit, and two workers
+racing for the last slot cannot both get it.
+
+The lock is an `flock` on the lock file, not a `multiprocessing` lock: the kernel releases an
+`flock` when its holder dies, so a worker killed inside the lock cannot block the others (a
+semaphore would stay taken for good). Each worker counts in its own slot, so when one dies the
+supervisor frees that worker's turns at once (`SharedSlots.release`) and the limit stays exact.
+Admission happens once per turn, not per token; the lock costs a few microseconds.
 """
 
 from __future__ import annotations
 
-from multiprocessing.sharedctypes import Synchronized
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.context import BaseContext
+from multiprocessing.sharedctypes import SynchronizedArray
+
+
+@dataclass
+class SharedSlots:
+    """What every worker shares (pickled to each by `spawn`): a count per worker, a lock file."""
+
+    counts: SynchronizedArray[int]  # made with lock=False: the flock below guards it
+    lock_path: str
+
+    @classmethod
+    def create(cls, ctx: BaseContext, workers: int, directory: str) -> SharedSlots:
+        """For `workers` workers; the lock file goes in `directory` (the supervisor's own)."""
+        path = os.path.join(directory, "admission.lock")
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        return cls(ctx.Array("i", workers, lock=False), path)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def locked(self, fd: int) -> Iterator[None]:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def release(self, index: int) -> int:
+        """The supervisor, once worker `index` has died: free its turns. Returns how many."""
+        fd = os.open(self.lock_path, os.O_RDWR)
+        try:
+            with self.locked(fd):
+                freed = int(self.counts[index])
+                self.counts[index] = 0
+        finally:
+            os.close(fd)
+        return freed
 
 
 class Admission:
-    def __init__(self, shared: Synchronized[int] | None = None) -> None:
+    def __init__(self, shared: SharedSlots | None = None, index: int = 0) -> None:
         self._shared = shared
+        self._index = index
+        self._fd: int | None = None  # the lock file, opened in the worker on first use
         self._local = 0
         self.limit = 0  # set once the engine's size is known (Switchboard)
+
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        assert self._shared is not None
+        if self._fd is None:
+            # Opened by this process, so its flock is its own (an inherited descriptor would
+            # share one lock with every process that holds it).
+            self._fd = os.open(self._shared.lock_path, os.O_RDWR | os.O_CLOEXEC)
+        return self._shared.locked(self._fd)
 
     def try_enter(self) -> bool:
         """Take a slot if one is free; False means refuse the turn."""
@@ -27,10 +82,10 @@ class Admission:
                 return False
             self._local += 1
             return True
-        with shared.get_lock():
-            if shared.value >= self.limit:
+        with self._lock():
+            if sum(shared.counts[:]) >= self.limit:
                 return False
-            shared.value += 1
+            shared.counts[self._index] += 1
         self._local += 1
         return True
 
@@ -38,10 +93,10 @@ class Admission:
         """Give a slot back (the turn has finished, or was refused after admission)."""
         self._local -= 1
         if self._shared is not None:
-            with self._shared.get_lock():
-                self._shared.value -= 1
+            with self._lock():
+                self._shared.counts[self._index] -= 1
 
     @property
     def in_flight(self) -> int:
         """Turns in flight in the whole server."""
-        return self._local if self._shared is None else int(self._shared.value)
+        return self._local if self._shared is None else int(sum(self._shared.counts[:]))

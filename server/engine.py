@@ -263,10 +263,18 @@ class SharedCore:
     `Engine.connect`.
     """
 
-    def __init__(self, engine_manager: Any, coordinator: Any, api_manager: Any) -> None:
+    def __init__(
+        self, engine_manager: Any, coordinator: Any, api_manager: Any, listeners: Any = None
+    ) -> None:
         self._engines = engine_manager
         self._coordinator = coordinator
         self._api = api_manager
+        # 0.32: the ZMQ listeners the supervisor bound for the workers. They must live as long
+        # as the server: when collected, vLLM's `EngineZmqListeners.__del__` unlinks their IPC
+        # socket files, and an engine core whose output side has not connected yet then never
+        # can (its client waits forever for the core's first message: a stalled start). `vllm
+        # serve --api-server-count` holds them for its whole run too.
+        self._listeners = listeners
 
     @property
     def engine_processes(self) -> list[BaseProcess]:
@@ -323,7 +331,7 @@ class SharedCore:
                     output_listeners=listeners.outputs,
                 )
                 up.watched_frontend_processes = api.processes
-            return cls(up.engine_manager, up.coordinator, api)
+            return cls(up.engine_manager, up.coordinator, api, listeners)
         # 0.26: each client binds its own address and reports it before the handshake.
         addresses = engine_utils.get_engine_zmq_addresses(
             config, workers, defer_api_server_ports=True
@@ -354,3 +362,6 @@ class SharedCore:
             self._engines.shutdown(timeout=timeout)
         if self._coordinator is not None:
             self._coordinator.shutdown(timeout=timeout)
+        if self._listeners is not None:
+            self._listeners.cleanup()
+            self._listeners = None

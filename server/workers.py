@@ -9,7 +9,8 @@ adapter; the mechanism of `vllm serve --api-server-count`). The kernel spreads n
 evenly over the workers' sockets.
 
 What stays one thing to the outside:
-- admission: one counter shared by every worker (`server.admission`), one limit;
+- admission: one count shared by every worker (`server.admission`), one limit; a worker that
+  dies gives its turns back at once;
 - `/metrics`: prometheus-client's multiprocess files, summed by whichever worker answers (on
   the admin port too, when there is one: each worker listens on both);
 - SIGTERM (or Ctrl-C) to the supervisor: one SIGTERM to each worker, which drains as a single
@@ -18,7 +19,8 @@ What stays one thing to the outside:
   (`ENGINE_LOST`), which ends its open turns with the fallback ending and exits 3; so does the
   supervisor;
 - a worker that dies otherwise takes the server down: the others drain, and the supervisor
-  exits 5, so the process supervisor (Docker, k8s) restarts the whole server. A restarted
+  exits 5 (6 when the worker stopped because the engine hung), so the process supervisor
+  (Docker, k8s) restarts the whole server. A restarted
   worker would need a new engine-core client slot, which vLLM does not offer; a port with a
   dead worker behind it must never stay open.
 """
@@ -30,6 +32,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -38,25 +41,27 @@ from dataclasses import dataclass
 from functools import partial
 from multiprocessing import connection
 from multiprocessing.process import BaseProcess
-from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.sharedctypes import SynchronizedArray
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from server.adapters import Adapters
-from server.admission import Admission
+from server.admission import Admission, SharedSlots
 from server.engine import Engine, SharedCore
-from server.exits import EXIT_ENGINE_DEAD, EXIT_LOAD_FAILED, EXIT_WORKER_DIED
+from server.exits import EXIT_ENGINE_DEAD, EXIT_ENGINE_HUNG, EXIT_LOAD_FAILED, EXIT_WORKER_DIED
 from server.process import listeners
 from server.settings import Settings
 
 log = logging.getLogger("callgate")
 
 # Once the engine core is up, every worker has connected within seconds. Seen here on a loaded
-# 2-core machine (vLLM 0.32, two workers, about one start in five under load): a worker's
-# client never received the core's first message, and the server stayed "loading" for good,
-# every process idle. The cause is not found; the supervisor starts everything again instead.
+# 2-core machine (vLLM 0.32, two workers, one start in three to one in two under load): a
+# worker's client never received the core's first message, and the server stayed "loading" for
+# good, every process idle. The cause was ours (the supervisor let vLLM unlink the engine's IPC
+# sockets before the core had connected to them; `SharedCore` now holds them), and the
+# watchdog stays as the last line: it starts everything again rather than hang.
 CONNECT_GRACE_S = 60.0
 START_ATTEMPTS = 3
 _STALLED = -1  # watch(): the workers did not connect in time
@@ -74,16 +79,20 @@ class WorkerPayload:
     settings: Settings
     codes: list[str]
     adapters: Adapters
-    in_flight: Synchronized[int]
-    connected: Synchronized[int]  # workers whose engine client is up (start-up watchdog)
+    slots: SharedSlots  # the admission count, one per worker
+    # Per worker, 1 once its engine client is up (the start-up watchdog). One flag each, each
+    # written by its own worker: no lock that a worker dying at the wrong moment could hold.
+    connected: SynchronizedArray[int]
 
 
 async def _connect(
-    client: dict[str, Any], connected: Synchronized[int], settings: Settings, adapters: Adapters
+    client: dict[str, Any],
+    connected: SynchronizedArray[int],
+    settings: Settings,
+    adapters: Adapters,
 ) -> Engine:
     engine = await Engine.connect(settings.engine, adapters, client)
-    with connected.get_lock():
-        connected.value += 1
+    connected[int(client["client_index"])] = 1
     return engine
 
 
@@ -110,8 +119,8 @@ def worker_main(
         settings,
         payload.codes,
         engine_factory=partial(_connect, client, payload.connected),
-        admission=Admission(payload.in_flight),
-        peers_ready=lambda: payload.connected.value >= payload.settings.server.workers,
+        admission=Admission(payload.slots, index),
+        peers_ready=lambda: sum(payload.connected[:]) >= payload.settings.server.workers,
         adapters=payload.adapters,
     )
     runtime = app.state.runtime
@@ -128,6 +137,54 @@ def worker_main(
     os._exit(code)
 
 
+class EngineCore(Protocol):
+    """What the supervisor watches of the shared engine core (`SharedCore`)."""
+
+    @property
+    def engine_processes(self) -> list[BaseProcess]: ...
+
+    def engine_alive(self) -> bool: ...
+
+
+METRICS_PREFIX = "callgate-metrics-"
+
+
+def sweep_metrics_dirs(root: str) -> list[str]:
+    """Remove the metrics directories that supervisors now gone left in `root`.
+
+    A supervisor removes its own on the way out, but one killed with SIGKILL (an OOM kill, a
+    `docker kill`) cannot, and its files would pile up in /tmp start after start. A directory
+    is stale when the pid in its name is no running process, or is this one (a previous
+    container run, in a pid namespace that gave this supervisor the same pid).
+    """
+    swept = []
+    for entry in os.scandir(root):
+        pid = entry.name.removeprefix(METRICS_PREFIX).split("-", 1)[0]
+        if not entry.name.startswith(METRICS_PREFIX) or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _running(int(pid)):
+            continue
+        try:
+            shutil.rmtree(entry.path)
+        except OSError as e:
+            log.warning("could not remove the stale metrics directory %s: %s", entry.path, e)
+            continue
+        swept.append(entry.name)
+    if swept:
+        log.info("removed %d stale metrics directories: %s", len(swept), ", ".join(swept))
+    return swept
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class Supervisor:
     """Starts the core and the workers, forwards stop signals, decides the exit code."""
 
@@ -138,10 +195,12 @@ class Supervisor:
         self.code: int | None = None
         self._deadline: float | None = None
         self._reaped: set[int] = set()
+        self.slots: SharedSlots | None = None  # the workers' admission counts, once started
 
     def reset(self) -> None:
         """Before starting again after a stalled start."""
         self.workers, self.code, self._deadline, self._reaped = [], None, None, set()
+        self.slots = None
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -170,11 +229,11 @@ class Supervisor:
 
     # -- watching ----------------------------------------------------------------------------
 
-    def watch(self, core: SharedCore, connected: Synchronized[int]) -> int:
+    def watch(self, core: EngineCore, connected: SynchronizedArray[int]) -> int:
         """Until every worker has gone; the server's exit code (`_STALLED`: start again)."""
         connect_by = time.monotonic() + CONNECT_GRACE_S
         while any(p.exitcode is None for p in self.workers):
-            if connect_by and connected.value >= len(self.workers):
+            if connect_by and sum(connected[:]) >= len(self.workers):
                 connect_by = 0.0
                 log.info("all %d workers are connected to the engine core", len(self.workers))
             elif connect_by and time.monotonic() > connect_by and not self.stopping:
@@ -185,10 +244,11 @@ class Supervisor:
             waitables = [p.sentinel for p in self.workers if p.exitcode is None]
             waitables += [p.sentinel for p in core.engine_processes if p.exitcode is None]
             connection.wait(waitables, timeout=0.5)
-            for proc in self.workers:
+            for index, proc in enumerate(self.workers):
                 if proc.exitcode is not None and proc.pid not in self._reaped:
                     self._reaped.add(proc.pid or 0)
                     prometheus_multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+                    self._free_slots(index, proc)
                     self._worker_exited(proc)
             if self.code is None and not core.engine_alive():
                 log.error("the engine core died; workers end their open turns; exiting")
@@ -203,6 +263,15 @@ class Supervisor:
                     self._deadline = None
         return self.code or 0
 
+    def _free_slots(self, index: int, proc: BaseProcess) -> None:
+        """A worker has gone: the turns it had admitted are over, so their slots are free
+        for the others at once (they would otherwise count against the limit until exit)."""
+        if self.slots is None:
+            return
+        freed = self.slots.release(index)
+        if freed:
+            log.warning("front-end worker %s had %d turns in flight: freed", proc.name, freed)
+
     def _worker_exited(self, proc: BaseProcess) -> None:
         code = proc.exitcode
         if self.stopping and code in (0, -signal.SIGTERM):  # it was told to stop
@@ -213,6 +282,14 @@ class Supervisor:
             return
         if code == EXIT_LOAD_FAILED:
             self.code = self.code or EXIT_LOAD_FAILED
+        elif code == EXIT_ENGINE_HUNG:  # the core is shared: hung for every worker
+            log.error(
+                "front-end worker %s (pid %s) found the engine hung: stopping the server (exit %d)",
+                proc.name,
+                proc.pid,
+                EXIT_ENGINE_HUNG,
+            )
+            self.code = self.code or EXIT_ENGINE_HUNG
         else:
             how = f"signal {-code}" if code is not None and code < 0 else f"code {code}"
             log.error(
@@ -233,8 +310,10 @@ class Supervisor:
 def supervise(settings: Settings, codes: list[str], adapters: Adapters) -> int:
     """Run the server as a supervisor, one engine core and `server.workers` workers."""
     host, port = settings.server.host, settings.server.port
-    # Every worker writes its metrics here; whichever answers /metrics sums them all.
-    metrics_dir = tempfile.TemporaryDirectory(prefix="callgate-metrics-")
+    # Every worker writes its metrics here; whichever answers /metrics sums them all. The name
+    # carries the supervisor's pid, so a later start can sweep what a killed one left.
+    sweep_metrics_dirs(tempfile.gettempdir())
+    metrics_dir = tempfile.TemporaryDirectory(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
     sup = Supervisor(settings)
     signal.signal(signal.SIGTERM, sup.on_signal)
@@ -252,7 +331,8 @@ def supervise(settings: Settings, codes: list[str], adapters: Adapters) -> int:
                 START_ATTEMPTS,
             )
             for name in os.listdir(metrics_dir.name):  # a fresh start counts from zero
-                os.unlink(os.path.join(metrics_dir.name, name))
+                if name.endswith(".db"):
+                    os.unlink(os.path.join(metrics_dir.name, name))
             sup.reset()
         else:
             log.error("the workers never connected to the engine core; exiting")
@@ -270,8 +350,10 @@ def _run_once(
     socks = listeners(settings.server, n)
     port = socks[0][0].getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
-    connected: Synchronized[int] = ctx.Value("i", 0)
-    payload = WorkerPayload(settings, codes, adapters, ctx.Value("i", 0), connected)
+    connected: SynchronizedArray[int] = ctx.Array("i", n, lock=False)  # type: ignore[assignment]
+    slots = SharedSlots.create(ctx, n, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    sup.slots = slots
+    payload = WorkerPayload(settings, codes, adapters, slots, connected)
     log.info("starting the engine core and %d front-end workers on %s:%d", n, host, port)
     try:
         core = SharedCore.launch(
