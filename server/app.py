@@ -32,9 +32,9 @@ from server.errors import (
     CallgateError,
     ClientGone,
     EngineFailed,
-    MethodNotAllowed,
     NotFound,
     Unauthorized,
+    framework_error,
 )
 from server.http import Completion, PlainStream, SseStream, error_response, read_body, request_id
 from server.lifecycle import EngineFactory, Runtime, start_engine
@@ -117,7 +117,7 @@ def _routes(app: FastAPI, settings: Settings) -> None:
         model, session = "", None
         try:
             if _on_admin_port(request, settings):
-                raise NotFound(f"no route for {request.method} {request.url.path} on this port")
+                raise NotFound("no such route on this port")
             if not request.app.state.auth.check(request.headers.get("authorization")):
                 raise Unauthorized("missing or wrong Authorization code")
             body = await read_body(request, settings.server.max_body_bytes)
@@ -184,19 +184,11 @@ def _routes(app: FastAPI, settings: Settings) -> None:
 
 
 def _error_handlers(app: FastAPI) -> None:
-    """Framework errors (unknown path, wrong method) in the same JSON shape as ours."""
+    """Framework errors (unknown path, wrong method) in the same JSON shape as ours, with a
+    fixed message (`framework_error`): the caller's path and method are not echoed."""
 
     async def http_error(request: Request, exc: Any) -> Response:
         rid = request_id(request.headers.get("x-request-id"))
-        status = getattr(exc, "status_code", 500)
-        err: CallgateError
-        if status == 404:
-            err = NotFound(f"no route for {request.method} {request.url.path}")
-        elif status == 405:
-            err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
-        else:
-            err = CallgateError(str(getattr(exc, "detail", "error")))
-            err.status = status
-        return error_response(err, rid)
+        return error_response(framework_error(getattr(exc, "status_code", 500)), rid)
 
     app.add_exception_handler(StarletteHTTPException, http_error)

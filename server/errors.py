@@ -10,6 +10,7 @@ sentence instead. Each error also names the `outcome` it is counted under in the
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 
 
 class CallgateError(Exception):
@@ -80,6 +81,22 @@ class EngineFailed(CallgateError):
     """The engine raised while serving this turn (before anything was streamed)."""
 
     status, type, code, outcome = 500, "internal_error", "engine_error", "error"
+
+
+def framework_error(status: int) -> CallgateError:
+    """The error for a refusal the framework makes (no such route, wrong method), with a fixed
+    message: never the request's path or method, which are the caller's bytes (a path can be
+    kilobytes of anything and would come back in every 404)."""
+    if status == 404:
+        return NotFound("no such route")
+    if status == 405:
+        return MethodNotAllowed("method not allowed on this route")
+    err = CallgateError(HTTPStatus(status).phrase if status in _STATUSES else "error")
+    err.status = status
+    return err
+
+
+_STATUSES = {s.value for s in HTTPStatus}
 
 
 def error_body(err: CallgateError, request_id: str) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -237,8 +238,15 @@ def decode_json(body: bytes) -> Any:
         return json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
         raise InvalidRequest("request body is nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError, NaN literals, over-long integers
-        raise InvalidRequest(f"request body is not valid JSON: {e}") from None
+    except json.JSONDecodeError as e:
+        # The position only: the decoder's own text is no business of the caller's.
+        where = f"line {e.lineno}, column {e.colno}"
+        raise InvalidRequest(f"request body is not valid JSON ({where})") from None
+    except ValueError:  # NaN literals, integers past sys.get_int_max_str_digits()
+        raise InvalidRequest(
+            "request body is not valid JSON (NaN, Infinity, or an integer over "
+            f"{sys.get_int_max_str_digits()} digits)"
+        ) from None
 
 
 def _describe(err: ValidationError) -> str:
