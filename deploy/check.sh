@@ -5,8 +5,10 @@
 # docker-compose, promtool, caddy or kubectl fails instead of skipping; CI installs them). Among
 # them: compose resolves for the default and the https profile and publishes nothing but Caddy
 # beyond the host's loopback, Caddy passes only the protocol's POSTs, `kubectl kustomize` builds
-# deploy/k8s, the k8s NetworkPolicy admits only the Gateway, the endpoint picker and Prometheus,
-# every container drops its privileges, and what the dashboard and KEDA query is on a running
+# deploy/k8s, the k8s NetworkPolicies admit only the Gateway, the endpoint picker and Prometheus
+# to the server and only the Gateway and Prometheus to the picker, every container drops its
+# privileges (the compose server on a read-only root, Caddy as a user without capabilities),
+# Grafana refuses the placeholder password, and what the dashboard and KEDA query is on a running
 # server's /metrics (the one check that starts a server: the project's venv, about 30 s).
 #
 #   deploy/check.sh                  run the checks

@@ -498,9 +498,7 @@ def test_compose_services_drop_privileges(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         assert "no-new-privileges:true" in service.get("security_opt", []), name
         assert service.get("cap_drop") == ["ALL"], name
-        # Caddy binds 80 and 443; nothing else gets a capability back.
-        allowed = {"NET_BIND_SERVICE"} if name == "caddy" else set()
-        assert set(service.get("cap_add", [])) <= allowed, name
+        assert not service.get("cap_add"), f"{name} gets a capability back"
     for name in ("prometheus", "grafana", "caddy"):
         assert compose["services"][name].get("mem_limit"), f"{name} has no memory limit"
 
@@ -529,6 +527,98 @@ def test_compose_https_profile(compose: dict[str, Any]) -> None:
     assert "./deploy/Caddyfile:/etc/caddy/Caddyfile:ro" in caddy["volumes"]
     assert {"80:80", "443:443"} <= set(caddy["ports"])
     assert any(v.split(":")[1] == "/data" for v in caddy["volumes"]), "keep certificates"
+
+
+def tmpfs_mounts(service: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """A service's short-syntax tmpfs entries: {path: {option: value}}."""
+    mounts: dict[str, dict[str, str]] = {}
+    for entry in service.get("tmpfs", []):
+        path, _, options = entry.partition(":")
+        mounts[path] = dict(o.partition("=")[::2] for o in options.split(",") if o)
+    return mounts
+
+
+def test_compose_server_root_filesystem_is_read_only(compose: dict[str, Any]) -> None:
+    """Everything the server writes (the caches the image's ENV names, /tmp, HOME, /dev/shm) is
+    a volume or a tmpfs; the rest of the image cannot be changed."""
+    server = compose["services"]["server"]
+    assert server["read_only"] is True
+    tmpfs = tmpfs_mounts(server)
+    volumes = [v.split(":") for v in server["volumes"]]
+    writable = list(tmpfs) + [v[1] for v in volumes if v[-1] != "ro"] + ["/dev/shm"]
+    assert server.get("shm_size"), "/dev/shm is Docker's own tmpfs, sized by shm_size"
+    env = dockerfile_env()
+    needed = {"/tmp", env["HOME"]} | {
+        env[var] for var in ("HF_HOME", "VLLM_CACHE_ROOT", "XDG_CACHE_HOME", "TRITON_CACHE_DIR")
+    }
+    for path in needed:
+        assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in writable), path
+    for path, options in tmpfs.items():
+        assert options.get("size"), f"{path}: an unbounded tmpfs can take the host's memory"
+    # The image's user (not root) owns its home directory.
+    uid, _, gid = dockerfile("USER")[-1].partition(":")
+    assert (tmpfs[env["HOME"]]["uid"], tmpfs[env["HOME"]]["gid"]) == (uid, gid or uid)
+
+
+def test_compose_caddy_runs_as_a_user_without_capabilities(compose: dict[str, Any]) -> None:
+    """Caddy faces the internet: it runs as an unprivileged user that owns its certificate
+    volumes, and binds 80 and 443 because its network namespace makes them unprivileged."""
+    caddy = compose["services"]["caddy"]
+    dockerfile_path = ROOT / caddy["build"]["context"] / caddy["build"]["dockerfile"]
+    assert dockerfile_path == DEPLOY / "caddy.Dockerfile"
+    lines = [
+        line.strip()
+        for line in dockerfile_path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert re.fullmatch(r"FROM caddy:2\.\d+(\.\d+)?", lines[0]), lines[0]
+    (user,) = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), f"USER must be a numeric non-root uid: {user}"
+    assert f"RUN chown -R {user} /data /config" in lines, "the user must own what Caddy writes"
+    assert caddy.get("user") in (None, user)
+    mounts = dict(v.split(":")[1::-1] for v in caddy["volumes"])
+    assert {"/data", "/config"} <= set(mounts), "certificates and autosave on named volumes"
+    assert not caddy.get("cap_add")
+    start = int(caddy["sysctls"]["net.ipv4.ip_unprivileged_port_start"])
+    assert start <= min(int(published_port(p)[2]) for p in caddy["ports"])
+
+
+def test_compose_grafana_refuses_the_placeholder_password(
+    compose: dict[str, Any], env_example: dict[str, str], tmp_path: Path
+) -> None:
+    """Grafana takes any admin password; its entrypoint in compose refuses the one shipped in
+    .env.example (and short ones) with one line, then runs the image's own entrypoint."""
+    grafana = compose["services"]["grafana"]
+    shell, script, *image_entrypoint = grafana["entrypoint"]
+    assert shell == "/bin/sh" and image_entrypoint == ["/run.sh"]  # grafana/grafana's ENTRYPOINT
+    mounts = dict(v.split(":")[1::-1] for v in grafana["volumes"])
+    source = mounts[script]
+    assert f"{source}:{script}:ro" in grafana["volumes"]
+    assert (
+        grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+        == env_example["GRAFANA_ADMIN_PASSWORD"]
+    )
+
+    def start(password: str) -> subprocess.CompletedProcess[str]:
+        marker = tmp_path / "started"
+        marker.unlink(missing_ok=True)
+        return subprocess.run(
+            ["sh", str(ROOT / source), "touch", str(marker)],
+            env={"PATH": os.environ["PATH"], "GF_SECURITY_ADMIN_PASSWORD": password},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    for password in (env_example["GRAFANA_ADMIN_PASSWORD"], "", "admin", "x-Replace-me-x-123"):
+        refused = start(password)
+        assert refused.returncode == 1 and not (tmp_path / "started").exists(), password
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith("grafana: refusing to start: GRAFANA_ADMIN_PASSWORD ")
+        assert not password or password not in line
+    started = start("a-real-admin-password-7f3a")
+    assert started.returncode == 0 and (tmp_path / "started").exists(), started.stderr
 
 
 # --------------------------------------------------------------------------- prometheus, grafana
@@ -934,7 +1024,7 @@ def test_k8s_network_policy_admits_only_the_named_peers(
 ) -> None:
     dep = server_deployment(k8s)
     c = container(dep)
-    policy = one(k8s, "NetworkPolicy")["spec"]
+    policy = one(k8s, "NetworkPolicy", "callgate")["spec"]
     assert selects(policy["podSelector"]["matchLabels"], pod_labels(dep))
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
 
@@ -978,6 +1068,51 @@ def test_k8s_network_policy_admits_only_the_named_peers(
         assert rule.get("ports"), "an egress rule without ports opens every port"
         out |= {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
     assert out == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
+
+
+def test_k8s_endpoint_picker_is_reached_only_by_the_gateway(
+    k8s: list[dict[str, Any]], gpu_config: dict[str, Any]
+) -> None:
+    """The picker reads every turn's body: its gRPC port admits only the Gateway's proxies (the
+    same peer as the server's main port), its metrics port only Prometheus, and it reaches only
+    DNS, the model servers' admin port and the Kubernetes API."""
+    epp = one(k8s, "Deployment", "callgate-epp")
+    c = container(epp)
+    policy = one(k8s, "NetworkPolicy", "callgate-epp")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], pod_labels(epp))
+    assert not selects(policy["podSelector"]["matchLabels"], pod_labels(server_deployment(k8s)))
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+
+    peers: dict[int, list[dict[str, Any]]] = {}
+    for rule in policy["ingress"]:
+        assert rule.get("from") and rule.get("ports"), rule  # no open source, no open port
+        for port in rule["ports"]:
+            assert port.get("protocol", "TCP") == "TCP"
+            peers.setdefault(port_number(c, port["port"]), []).extend(rule["from"])
+    grpc, metrics = port_number(c, "grpc"), port_number(c, "metrics")
+    assert set(peers) == {grpc, metrics}, "the health port is for the kubelet only"
+    assert one(k8s, "InferencePool")["spec"]["endpointPickerRef"]["port"]["number"] == grpc
+    server_policy = one(k8s, "NetworkPolicy", "callgate")["spec"]
+    (gateway_rule,) = [
+        r for r in server_policy["ingress"] if r["ports"][0]["port"] == gpu_config["server"]["port"]
+    ]
+    assert peers[grpc] == gateway_rule["from"]
+    (prometheus,) = peers[metrics]
+    assert set(prometheus) == {"namespaceSelector", "podSelector"}, "both must hold (AND)"
+    assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+
+    anywhere: set[tuple[int, str]] = set()
+    for rule in policy["egress"]:
+        assert rule.get("ports"), "an egress rule without ports opens every port"
+        ports = {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
+        if "to" not in rule:
+            anywhere |= ports
+            continue
+        (peer,) = rule["to"]
+        assert set(peer) == {"podSelector"}
+        assert selects(peer["podSelector"]["matchLabels"], pod_labels(server_deployment(k8s)))
+        assert ports == {(gpu_config["server"]["admin_port"], "TCP")}, "metrics only, no turns"
+    assert anywhere == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP")}
 
 
 def test_k8s_server_pod_is_locked_down(k8s: list[dict[str, Any]]) -> None:
