@@ -32,7 +32,8 @@ from typing import Any
 import vllm
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.lora.request import LoRARequest
-from vllm.sampling_params import RequestOutputKind, SamplingParams
+from vllm.platforms import current_platform
+from vllm.sampling_params import RequestOutputKind, SamplingParams, SamplingType
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -106,6 +107,10 @@ class Engine:
         self.max_num_seqs: int = llm.vllm_config.scheduler_config.max_num_seqs
         # The checkpoint's generation_config defaults, exactly as vLLM's own server reads them.
         self.generation_defaults: dict[str, Any] = dict(config.get_diff_sampling_param())
+        # A seeded sampler gets its own torch.Generator; when its prompt is prefilled in chunks,
+        # the model runner rewinds it with `set_offset`, which a CPU generator lacks ("CPU
+        # Generator does not use offset", vLLM 0.32): the engine core dies with every call.
+        self._seed_ok = not current_platform.is_cpu()
 
     @classmethod
     async def start(cls, settings: EngineSettings, adapters: Adapters) -> Engine:
@@ -211,6 +216,11 @@ class Engine:
             params = SamplingParams(**sampling, output_kind=RequestOutputKind.DELTA)
         except (_Invalid, ValueError) as e:  # 0.32: VLLMValidationError; 0.26: ValueError
             raise InvalidRequest(str(e)) from None
+        if params.sampling_type == SamplingType.RANDOM_SEED and not self._seed_ok:
+            raise InvalidRequest(
+                "seed is not supported with temperature above 0 on this server's CPU engine; "
+                "leave seed out, or set temperature to 0"
+            )
         return EngineParams(params)
 
     async def generate(

@@ -1,0 +1,78 @@
+"""A seeded request must not kill vLLM's CPU engine.
+
+With `seed` set and sampling on, vLLM gives the request its own `torch.Generator`. When the
+request's prompt is prefilled in chunks (longer than `max_num_batched_tokens`, or sharing the
+step's token budget), the model runner discards the token sampled after each partial chunk and
+rewinds that generator with `set_offset`, which a CPU generator does not have ("CPU Generator
+does not use offset"): the engine core dies, with every call on the server. vLLM's own server
+dies the same way. On the CPU build callgate refuses such a request with a 400 before any
+engine work (`Engine.params`); a greedy request with a seed seeds nothing and is served, and
+a GPU engine, whose generators rewind, keeps every seed.
+
+A server of its own with a 64-token step budget, so that the 1000-token prompt is chunked.
+Without the refusal, the first test's seeded turn kills the engine (reproduced on the tiny
+checkpoint: "CPU Generator does not use offset", the turn ends in `EngineDeadError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from server.errors import InvalidRequest
+from tests.conftest import Api, ServerHandle
+
+STEP_TOKENS = 64
+PROMPT = "Tell me a very long story about the weather in Hangzhou. " * 40  # ~1000 tokens
+
+
+@pytest.fixture(scope="module")
+def seed_server(start_server: Any) -> Iterator[ServerHandle]:
+    with start_server(env={"CALLGATE_ENGINE__MAX_NUM_BATCHED_TOKENS": str(STEP_TOKENS)}) as srv:
+        yield srv
+
+
+def _body(chat_body: Any, **sampling: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": PROMPT}]
+    return chat_body(messages=messages, max_tokens=4, ignore_eos=True, **sampling)
+
+
+def test_a_seeded_chunked_prompt_is_refused_and_the_engine_lives(
+    seed_server: ServerHandle, make_api: Any, chat_body: Any
+) -> None:
+    api: Api = make_api(seed_server)
+    refused = api.post(_body(chat_body, temperature=0.8, seed=7))
+    body = api.assert_error(refused, 400)
+    assert "seed" in body["error"]["message"]
+    # The engine is alive: the same prompt without a seed streams, and the server stays up.
+    _, stream = api.stream(_body(chat_body, temperature=0.8))
+    assert stream.choice_chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert seed_server.proc.poll() is None
+
+
+def test_a_greedy_turn_with_a_seed_is_served(
+    seed_server: ServerHandle, make_api: Any, chat_body: Any
+) -> None:
+    """At temperature 0 vLLM makes no generator for the seed: nothing to refuse."""
+    api: Api = make_api(seed_server)
+    _, stream = api.stream(_body(chat_body, temperature=0, seed=7))
+    assert stream.choice_chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert seed_server.proc.poll() is None
+
+
+@pytest.mark.parametrize("seed_ok", [True, False])
+def test_only_an_engine_whose_generators_rewind_takes_a_seed(seed_ok: bool) -> None:
+    """The decision is `Engine.params`'s, from vLLM's platform (CPU or not); no server here."""
+    from server.engine import Engine  # imports vLLM
+
+    engine = Engine.__new__(Engine)
+    engine._seed_ok = seed_ok
+    engine.params({"temperature": 0.0, "seed": 7})  # greedy: no generator, always taken
+    engine.params({"temperature": 0.8})  # unseeded: the engine's shared generator
+    if seed_ok:
+        engine.params({"temperature": 0.8, "seed": 7})
+    else:
+        with pytest.raises(InvalidRequest, match="seed"):
+            engine.params({"temperature": 0.8, "seed": 7})
