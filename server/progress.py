@@ -9,7 +9,10 @@ class Progress:
     """The stall clock behind /ready and the hung-engine exit: how long the engine has had
     requests without producing a token for any of them.
 
-    Turns set `at` on every token; the runtime's watchdog calls `tick` every half second.
+    Turns set `at` whenever the engine hands them tokens, with text or without (`Turn._count`):
+    text lags tokens while vLLM holds back what could start a stop string, or a filter holds
+    back reasoning, and that is work, not a stall. The runtime's watchdog calls `tick` every
+    half second.
     Only busy time counts, so an idle hour is not a stall, while turns that each time out
     waiting for a first token add up across the gaps between them."""
 

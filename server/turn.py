@@ -140,7 +140,6 @@ class Turn:
                 yield plan.fallback_text
                 return
             rec.stage = "streaming"
-            self._progress.at = time.perf_counter()
             if first is not None:
                 if first.text:
                     self._heard = True
@@ -181,11 +180,10 @@ class Turn:
 
     async def _filtered(self, deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
         """The engine's deltas with their text through the filters (reasoning out, then what a
-        voice cannot say); the last delta carries what they held back. Every delta is the
-        engine's progress, spoken or not, so every delta moves the stall clock."""
-        progress, filters = self._progress, self._filters
+        voice cannot say); the last delta carries what they held back. Every delta is passed
+        on, text or not: its tokens are the engine's progress (`_count`), spoken or not."""
+        filters = self._filters
         async for delta in deltas:
-            progress.at = time.perf_counter()
             text = delta.text
             for f in filters:
                 text = f.feed(text) if text else ""
@@ -196,13 +194,13 @@ class Turn:
 
     async def _rest(self, deltas: AsyncGenerator[Delta, None]) -> AsyncIterator[str]:
         """After the first text: the per-token hot path, kept to a few operations a delta."""
-        gaps, last, progress = self.record.gaps, time.perf_counter(), self._progress
+        gaps, last = self.record.gaps, time.perf_counter()
         async for delta in deltas:
-            self._count(delta)
+            now = time.perf_counter()
+            self._count(delta, now)
             if delta.text:
-                now = time.perf_counter()
                 gaps.append(now - last)
-                last = progress.at = now
+                last = now
                 yield delta.text
             if delta.finished:
                 self._set_reason(delta.finish_reason)
@@ -210,13 +208,18 @@ class Turn:
     async def _first_text(self, deltas: AsyncGenerator[Delta, None]) -> Delta | None:
         """The first delta that carries text or ends the turn; None if the stream just ended."""
         async for delta in deltas:
-            self._count(delta)
+            self._count(delta, time.perf_counter())
             if delta.text or delta.finished:
                 return delta
         return None
 
-    def _count(self, delta: Delta) -> None:
-        self.record.output_tokens += delta.new_tokens
+    def _count(self, delta: Delta, now: float) -> None:
+        """The engine's counts, and its progress: the stall clock moves on the tokens it
+        produced, not on text. Text may lag them (vLLM holds back what could start a stop
+        string; the filters hold back reasoning and markers), and that is not a stall."""
+        if delta.new_tokens:
+            self.record.output_tokens += delta.new_tokens
+            self._progress.at = now
         if delta.cached_tokens:
             self.record.cached_tokens = delta.cached_tokens
 
