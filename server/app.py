@@ -1,7 +1,7 @@
 """The app factory and its routes: glue between HTTP and the switchboard.
 
 Request flow (one turn): auth from the header, before the body is read -> bounded body read ->
-`parse_request` -> `Runtime.admit` (503 at once when loading, draining, full or dead) ->
+`Runtime.admit` (503 at once when loading, draining, full or dead) -> `Switchboard.parse` ->
 `Switchboard.plan` (prompt tokens, the engine's validated sampling values) -> `Switchboard.start`
 -> a response object that iterates the engine inside the response body. Every refusal happens
 before that, and is counted by `Runtime.refused`. When the caller hangs up, Starlette cancels
@@ -39,7 +39,7 @@ from server.errors import (
 from server.http import Completion, PlainStream, SseStream, error_response, read_body, request_id
 from server.lifecycle import EngineFactory, Runtime, start_engine
 from server.metrics import Metrics
-from server.schemas import ChatRequest, parse_request
+from server.schemas import ChatRequest
 from server.settings import Settings
 
 log = logging.getLogger("callgate")
@@ -121,10 +121,12 @@ def _routes(app: FastAPI, settings: Settings) -> None:
             if not request.app.state.auth.check(request.headers.get("authorization")):
                 raise Unauthorized("missing or wrong Authorization code")
             body = await read_body(request, settings.server.max_body_bytes)
-            req = parse_request(body)
-            model, session = req.model, req.session_id
+            # Admitted before the parse: a full server says 503 without paying for the body.
+            # (After the read: a slow sender must not hold a slot for `body_timeout_s`.)
             board = runtime.admit()
             try:
+                req = await board.parse(body)
+                model, session = req.model, req.session_id
                 plan = await board.plan(req, rid, arrival)
             except BaseException:
                 board.unadmit()
