@@ -40,7 +40,7 @@ run: venv ## serve $(CONFIG) (MODEL=<dir or hub id> to serve another checkpoint)
 	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} $(PY) -m server --config $(CONFIG) $(if $(MODEL),--model $(MODEL))
 
 test: venv ## the whole test suite, on the real engine with a tiny checkpoint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=30
 
 # The API, observability and reliability tests that vLLM version differences could break, on
 # the GPU host's release (0.26.0) in its own environment. `make test VENV=.venv-0.26` runs all.
