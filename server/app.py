@@ -181,7 +181,7 @@ def _routes(app: FastAPI, settings: Settings) -> None:
         ):
             err = Unauthorized("missing or wrong Authorization code")
             return error_response(err, request_id(None))
-        body, content_type = runtime.metrics.render(request.headers.get("accept", ""))
+        body, content_type = await runtime.metrics.scrape(request.headers.get("accept", ""))
         return Response(body, media_type=content_type)
 
 
