@@ -79,9 +79,7 @@ def serve(app: FastAPI, settings: Settings, socks: list[socket.socket] | None = 
 
     # We drain ourselves; sse-starlette would otherwise end every stream on the first SIGTERM.
     AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
-    guard, limits = GuardedHttpToolsProtocol, settings.server
-    guard.max_head_bytes, guard.max_connections = limits.max_header_bytes, limits.max_connections
-    guard.head_timeout_s, guard.body_timeout_s = limits.head_timeout_s, limits.body_timeout_s
+    GuardedHttpToolsProtocol.configure(settings.server)
     config = uvicorn.Config(
         app,
         host=settings.server.host,
@@ -91,7 +89,7 @@ def serve(app: FastAPI, settings: Settings, socks: list[socket.socket] | None = 
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
-        timeout_keep_alive=75,
+        timeout_keep_alive=settings.server.keep_alive_s,
     )
     server = DrainingServer(config)
     runtime: Runtime = app.state.runtime

@@ -59,8 +59,29 @@ class ServerSettings(_Section):
     max_connections: int = Field(
         2048,
         ge=1,
-        description="Open connections one front-end process holds; one more is answered 503 "
-        "and closed at once.",
+        description="Open connections one front-end process holds; one more closes the "
+        "connection idle longest (kept alive between requests), or with none idle is answered "
+        "503 and closed at once.",
+    )
+    keep_alive_s: int = Field(
+        30,
+        ge=1,
+        description="How long a connection may stay idle between requests before it is closed "
+        "(HTTP keep-alive); the gateway reconnects.",
+    )
+    max_pipelined: int = Field(
+        16,
+        ge=1,
+        description="Requests one connection may send ahead of their answers (HTTP/1.1 "
+        "pipelining): nothing more is read while any wait, and a read bringing more aborts "
+        "the connection.",
+    )
+    write_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection whose peer stops reading (its answer backs up above the "
+        "write buffer's high-water mark), or that is closing and not done sending, is aborted "
+        "after this long.",
     )
     admin_port: int | None = Field(
         None,

@@ -1,6 +1,7 @@
 """The connection cap (issue 12, finding 2): one process holds at most `server.max_connections`
-open connections; the next is answered 503 and closed at once, and the server recovers as soon
-as connections close. On the guarded server (GUARDED: 24 connections, head deadline 2 s).
+open connections; the next closes the connection idle longest (issue 14, item 3) or, with none
+idle, is answered 503 and closed at once, and the server recovers as soon as connections close.
+On the guarded server (GUARDED: 24 connections, head deadline 2 s).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import socket
 import httpx
 
 from tests.conftest import GUARDED
-from tests.reliability_helpers import address, wait_for
+from tests.reliability_helpers import address, read_response, wait_for
 
 EXTRA = 8
 
@@ -48,3 +49,27 @@ def test_connections_past_the_cap_get_503_and_the_server_recovers(guarded_server
         return r.status_code == 200
 
     assert wait_for(served, timeout_s=10.0, interval_s=0.5)
+
+
+def test_at_the_cap_a_new_connection_closes_the_one_idle_longest(guarded_server):
+    # Idle kept-alive connections (a request answered, none since) hold no slot against a new
+    # caller: the one idle longest is closed for it. Fresh connections are not idle.
+    cap = GUARDED["max_connections"]
+    get = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(cap):  # the first answered is the one idle longest
+            socks.append(socket.create_connection(address(guarded_server)))
+            socks[-1].sendall(get)
+            assert read_response(socks[-1])[0] == 200
+        with socket.create_connection(address(guarded_server)) as newcomer:
+            newcomer.sendall(get)
+            assert read_response(newcomer)[0] == 200
+        socks[0].settimeout(10.0)
+        assert socks[0].recv(65536) == b""  # closed, its answer delivered first
+        socks[1].sendall(get)  # the others were left alone
+        assert read_response(socks[1])[0] == 200
+    finally:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.close()

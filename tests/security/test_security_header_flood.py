@@ -4,10 +4,14 @@ httptools hands a header to uvicorn only once its line is complete, so a limit c
 header never sees one that keeps growing. The guard (`server/connections.py`) counts the raw
 bytes of the request head as they arrive and closes the connection past
 `server.max_header_bytes`. On the shared server (16 KiB head limit), no auth code needed.
+
+A head that arrives whole in one read, with its body, is counted before it is parsed (issue 14,
+item 1: it used to complete inside the parser, reset the count, and reach the app).
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -73,3 +77,29 @@ def test_a_head_just_under_the_limit_still_works(server, api, chat_body):
     response = api.post(chat_body(max_tokens=2), headers={"X-Filler": filler})
     assert response.status_code == 200, response.text
     well_formed(response.content)
+
+
+def _big_head(path: str) -> bytes:
+    # 20 KB: past the 16 KiB limit, and one loopback segment, so that one read holds it all.
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nX-Big: ".encode() + b"b" * 20_000 + b"\r\n"
+
+
+def test_a_whole_head_past_the_limit_sent_with_its_body_in_one_write_gets_431(server):
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(_big_head("/") + b"Content-Length: 2\r\n\r\n{}")
+        status, raw = read_response(sock)
+    assert status == 431, raw[:200]  # not 401: the app never saw it
+
+
+def test_a_big_head_pipelined_behind_another_request_never_reaches_the_app(server):
+    # The 431 cannot be put after the first answer, which is not written yet: the connection is
+    # aborted instead. What matters is that no answer comes from the app for the big request.
+    get = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    answers = b""
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(get + _big_head("/") + b"Content-Length: 2\r\n\r\n{}")
+        sock.settimeout(10.0)
+        with contextlib.suppress(ConnectionResetError):
+            while piece := sock.recv(65536):
+                answers += piece
+    assert b" 401 " not in answers and answers.count(b"HTTP/1.1 ") <= 1, answers[:400]

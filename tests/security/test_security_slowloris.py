@@ -75,9 +75,9 @@ def test_a_body_sent_a_byte_at_a_time_is_closed_at_the_body_deadline(guarded_ser
 
 
 def test_a_kept_alive_connection_gets_a_new_head_deadline_per_request(guarded_server):
-    # Idle time between requests is uvicorn's keep-alive timeout (75 s); the head deadline
-    # starts again with the next request's first byte, so an idle kept-alive connection that
-    # the gateway reuses is not cut at the head deadline.
+    # Idle time between requests is uvicorn's keep-alive timeout (`server.keep_alive_s`, 30 s);
+    # the head deadline starts again with the next request's first byte, so an idle kept-alive
+    # connection that the gateway reuses is not cut at the head deadline.
     get = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
     with socket.create_connection(address(guarded_server)) as sock:
         sock.sendall(get)
