@@ -1,6 +1,6 @@
 """Chunk encoder micro-benchmark: `python -m benchmarks.encoder_bench [--json FILE]`.
 
-Times callgate's chunk renderer (`server.chunks.ChunkRenderer`: a pre-built byte template plus
+Times callgate's chunk renderer (`server.wire.chunks.ChunkRenderer`: a pre-built byte template plus
 one JSON string escape) against building the same chunk as a pydantic model and as a dict
 through `json.dumps`, per chunk, on this machine. Target: under 2 µs per content chunk. The
 timing itself is `benchmarks.lib.chunk_timing`.

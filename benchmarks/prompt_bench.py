@@ -1,6 +1,6 @@
-"""Cost of turning a call's dialog into prompt token ids (`server.prompt`), per turn.
+"""Cost of turning a call's dialog into prompt token ids (`server.text.prompt`), per turn.
 
-Every turn of a call resends the whole history; `server.tokenizer` caches encodings so a turn
+Every turn of a call resends the whole history; `server.text.tokenizer` caches encodings so a turn
 tokenizes only what is new. This measures a long call (121 messages) three ways: cold (nothing
 cached), a typical turn (history cached, the caller's newest line new) and fully cached.
 
@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from server.prompt import PromptBuilder
-from server.tokenizer import ChatTokenizer
+from server.text.prompt import PromptBuilder
+from server.text.tokenizer import ChatTokenizer
 
 
 def dialog(turns: int, tag: str = "") -> list[tuple[str, str]]:

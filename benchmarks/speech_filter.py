@@ -1,6 +1,6 @@
 """The speech filter's per-delta cost: `python -m benchmarks.speech_filter [--out FILE]`.
 
-Streams replies through `server.speech.SpeechFilter` in engine-sized deltas (1-6 characters,
+Streams replies through `server.text.speech.SpeechFilter` in engine-sized deltas (1-6 characters,
 as a tokenizer cuts them) and reports the cost per delta against the same loop without the
 filter, for plain sentences (nothing to filter), a markdown list with emoji and a URL, and a
 Chinese reply; then a hostile reply of marker runs (4096 deltas of 80 `#` at a line start, a
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from server.speech import SpeechFilter
+from server.text.speech import SpeechFilter
 
 REPLIES = {
     "plain": (

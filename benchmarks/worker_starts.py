@@ -1,7 +1,7 @@
 """Many 2-worker starts in a row: how often the start-up watchdog had to start everything again.
 
 A worker whose engine-core client never receives the core's first message leaves the server
-"loading" for good; the supervisor's watchdog (`server.workers.CONNECT_GRACE_S`) kills the
+"loading" for good; the supervisor's watchdog (`server.process.workers.CONNECT_GRACE_S`) kills the
 workers and starts again, logging "did not connect to the engine core". This script starts
 `python -m server` with `server.workers: 2` on the tiny checkpoint `--starts` times, waits for
 `/ready`, stops it, and counts those restarts in each log. `--burn N` keeps N busy-looping

@@ -11,13 +11,13 @@ import os
 import secrets
 import sys
 
-from server.adapters import AdapterError, Adapters
-from server.adapters import resolve as resolve_adapters
-from server.auth import code_problem, is_loopback
-from server.exits import EXIT_LOAD_FAILED, EXIT_REFUSED
-from server.logs import setup_logging
-from server.model_source import Unavailable, resolve
-from server.settings import Settings, load_settings
+from server.base.exits import EXIT_LOAD_FAILED, EXIT_REFUSED
+from server.base.logs import setup_logging
+from server.base.settings import Settings, load_settings
+from server.engine.adapters import AdapterError, Adapters
+from server.engine.adapters import resolve as resolve_adapters
+from server.engine.model_source import Unavailable, resolve
+from server.wire.auth import code_problem, is_loopback
 
 log = logging.getLogger("callgate")
 
@@ -111,13 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     # Imported only now: the engine adapter loads vLLM, which is slow and talks on stderr, and
     # a refusal above should be quick and be the only line.
     if settings.server.workers > 1:
-        from server.workers import supervise
+        from server.process.workers import supervise
 
         return supervise(settings, codes, loras)
-    from server.app import create_app
-    from server.process import serve
+    from server.app.routes import create_app
+    from server.engine.vllm_adapter import start_engine
+    from server.process.serve import serve
 
-    return serve(create_app(settings, codes, adapters=loras), settings)
+    app = create_app(settings, codes, engine_factory=start_engine, adapters=loras)
+    return serve(app, settings)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A scripted engine (`server.engine_api.Engine`): planned deltas, errors and stalls, for unit tests
+"""A scripted engine (`server.engine.api.Engine`): planned deltas, errors and stalls, for unit tests
 of `Turn`, `Switchboard` and `Runtime`. The real engine is the main tier; this reaches what a
 random-weight model or a real process cannot be made to do on demand (an error mid-stream, a
 stall, vLLM's own refusals).
@@ -20,15 +20,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from server.adapters import Adapters
-from server.chunks import ChunkRenderer
-from server.engine_api import Delta, Engine, EngineParams
-from server.errors import InvalidRequest, Overloaded
-from server.metrics import Metrics
-from server.progress import Progress
-from server.schemas import parse_request
-from server.settings import Settings
-from server.turn import Turn, TurnPlan
+from server.base.errors import InvalidRequest, Overloaded
+from server.base.settings import Settings
+from server.engine.adapters import Adapters
+from server.engine.api import Delta, Engine, EngineParams
+from server.serving.metrics import Metrics
+from server.serving.progress import Progress
+from server.serving.turn import Turn, TurnPlan
+from server.wire.chunks import ChunkRenderer
+from server.wire.schemas import parse_request
 
 FALLBACK = "Sorry, could you say that again?"
 STALL = object()
@@ -60,6 +60,7 @@ class ScriptedEngine:
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
         self.generation_defaults: dict[str, Any] = {}
+        self.version = "scripted"
         self.alive_flag = True
         self.aborts: list[str] = []
         self.requests: list[tuple[str, EngineParams, str | None]] = []

@@ -3,7 +3,7 @@
 Every generated token becomes one SSE chunk, so at 64 concurrent streams and ~30 tokens/s each
 the encoder runs ~2000 times a second on the event loop that also reads the engine's output.
 callgate renders chunks from a pre-built byte template plus one JSON string escape
-(`server.chunks.ChunkRenderer`); this measures that against the obvious alternatives, building
+(`server.wire.chunks.ChunkRenderer`); this measures that against the obvious alternatives, building
 the chunk as a pydantic model and as a dict through `json.dumps`, per chunk, on this machine.
 Target: under 2 µs per content chunk for the renderer.
 
@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from benchmarks.lib import machine
-from server.chunks import ChunkRenderer
+from server.wire.chunks import ChunkRenderer
 
 TARGET_US = 2.0
 MODEL = "qwen-plus"
@@ -87,7 +87,7 @@ def same_chunk(a: bytes, b: bytes) -> bool:
 
 
 def renderer_content() -> Callable[[str], bytes]:
-    """The server's renderer (`server.chunks.ChunkRenderer`) for one stream's chunks."""
+    """The server's renderer (`server.wire.chunks.ChunkRenderer`) for one stream's chunks."""
     return ChunkRenderer(MODEL, REQUEST_ID, CREATED).content
 
 
@@ -100,7 +100,7 @@ def time_per_call_us(fn: Callable[[str], bytes], text: str, number: int, repeat:
 def run(number: int, repeat: int) -> dict[str, Any]:
     """Time every encoder on every text; check each renders the same chunk as pydantic."""
     impls: dict[str, Callable[[str], bytes]] = {
-        "ChunkRenderer (server.chunks)": renderer_content(),
+        "ChunkRenderer (server.wire.chunks)": renderer_content(),
         "pydantic model": pydantic_content,
         "dict + json.dumps": json_content,
     }

@@ -268,7 +268,7 @@ def tiktoken_file() -> Path:
 @functools.cache
 def ordinary_encoder() -> Any:
     """Qwen's own tiktoken encoding of the same ranks with nothing recognised but BPE: what
-    "plain text" means, independent of transformers and of `server/tokenizer.py`. Returns
+    "plain text" means, independent of transformers and of `server/text/tokenizer.py`. Returns
     `encode(text) -> list[int]` (NFC first, as Qwen's tokenizers do)."""
     import unicodedata
 

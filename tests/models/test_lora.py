@@ -85,7 +85,7 @@ def test_the_start_up_log_names_the_adapter_aliases(lora_server, adapter_dir):
 def test_vllm_takes_exactly_our_max_lora_ranks():
     from vllm.config.lora import MaxLoRARanks
 
-    from server.adapters import LORA_RANKS
+    from server.engine.adapters import LORA_RANKS
 
     assert typing.get_args(MaxLoRARanks) == LORA_RANKS
 

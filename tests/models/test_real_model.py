@@ -4,7 +4,7 @@ One server, started as `make run` starts one: no `--model`, `engine.model` a hub
 cached, the hub unreachable (HF_ENDPOINT points at a closed port, HF_HOME is empty) and
 `engine.offline_fallback` on. It must say in one line that it serves the embedded
 SmolLM2-135M-Instruct and why, then answer the console's curl check. On that real checkpoint
-(converted once into the user's cache, `server/embedded.py`), greedy answers that a 135M
+(converted once into the user's cache, `server/engine/embedded.py`), greedy answers that a 135M
 instruct model gets right, the engine's own end of sequence, stop strings, `stream: false`,
 the checkpoint's generation_config defaults and the alias's system prompt with biz_params.
 
@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.embedded import EMBEDDED_NAME, ensure_embedded
+from server.engine.embedded import EMBEDDED_NAME, ensure_embedded
 from tests.conftest import AUTH_CODE, REPO_ROOT, ServerHandle, launch_server
 from tests.sse import parse_chat_stream
 

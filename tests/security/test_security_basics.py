@@ -26,8 +26,8 @@ import httpx
 import psutil
 import pytest
 
-from server import auth as auth_module
-from server.auth import Authenticator
+from server.wire import auth as auth_module
+from server.wire.auth import Authenticator
 from tests.reliability_helpers import (
     address,
     descendants,
@@ -66,7 +66,7 @@ def test_wrong_code_with_a_chunked_body_is_refused_before_any_chunk(server):
 
 def test_right_code_with_a_huge_declared_body_is_413_before_it_is_sent(server):
     with socket.create_connection(address(server)) as sock:
-        sock.sendall(request_head(server, auth=server.auth, length=TEN_MB))
+        sock.sendall(request_head(server, auth=server.wire.auth, length=TEN_MB))
         status, _ = read_response(sock, timeout_s=30.0)
     assert status == 413
 
@@ -124,9 +124,9 @@ def test_no_base_http_middleware_in_the_built_app():
     """Build the real app (no engine starts: the lifespan does not run) and inspect its stack."""
     probe = (
         "from starlette.middleware.base import BaseHTTPMiddleware\n"
-        "from server.app import create_app\n"
-        "from server.settings import Settings\n"
-        "app = create_app(Settings(), ['code'])\n"
+        "from server.app.routes import create_app\n"
+        "from server.base.settings import Settings\n"
+        "app = create_app(Settings(), ['code'], engine_factory=None)\n"
         "classes = [m.cls for m in app.user_middleware]\n"
         "bad = [c for c in classes if isinstance(c, type) and issubclass(c, BaseHTTPMiddleware)]\n"
         "print(len(classes), len(bad))\n"
@@ -193,5 +193,5 @@ def test_codes_and_caller_content_never_reach_the_log(server, api):
     log = server.log_text()[mark:]
     turns = [json.loads(line) for line in log.splitlines() if '"session_id": "147417592084' in line]
     assert turns, "the turn's log line is missing"
-    for needle in (secret_text, secret_city, wrong_code, server.auth):
+    for needle in (secret_text, secret_city, wrong_code, server.wire.auth):
         assert needle not in log, f"{needle!r} reached the log"

@@ -1,7 +1,7 @@
 """A header line that never ends (issue 12, finding 1; the class of vLLM's CVE-2025-48956).
 
 httptools hands a header to uvicorn only once its line is complete, so a limit counted per
-header never sees one that keeps growing. The guard (`server/connections.py`) counts the raw
+header never sees one that keeps growing. The guard (`server/process/connections.py`) counts the raw
 bytes of the request head as they arrive and closes the connection past
 `server.max_header_bytes`. On the shared server (16 KiB head limit), no auth code needed.
 

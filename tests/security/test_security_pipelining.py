@@ -3,7 +3,7 @@ what one connection can make the server hold, for a stranger without a code.
 
 uvicorn queues every pipelined request of a read and reads again whenever the app awaits
 `receive()`; a peer that never reads its answers kept its connection, and everything queued
-behind it, forever. The guard (`server/connections.py`) reads nothing while requests wait,
+behind it, forever. The guard (`server/process/connections.py`) reads nothing while requests wait,
 aborts a connection that pipelines more than `server.max_pipelined` or stops reading for
 `server.write_timeout_s`, and closes idle connections after `server.keep_alive_s`. On a server
 of this module's own (`LIMITS`), because the shared ones keep the default keep-alive.

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from server.errors import InvalidRequest
+from server.base.errors import InvalidRequest
 from tests.conftest import Api, ServerHandle
 
 STEP_TOKENS = 64
@@ -65,7 +65,7 @@ def test_a_greedy_turn_with_a_seed_is_served(
 @pytest.mark.parametrize("seed_ok", [True, False])
 def test_only_an_engine_whose_generators_rewind_takes_a_seed(seed_ok: bool) -> None:
     """The decision is `Engine.params`'s, from vLLM's platform (CPU or not); no server here."""
-    from server.engine import Engine  # imports vLLM
+    from server.engine.vllm_adapter import Engine  # imports vLLM
 
     engine = Engine.__new__(Engine)
     engine._seed_ok = seed_ok

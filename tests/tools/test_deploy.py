@@ -36,7 +36,7 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "callgate.json"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "callgate.yml"
 
-# The server's own metrics (server/metrics.py) as exposed on /metrics, with their types.
+# The server's own metrics (server/serving/metrics.py) as exposed on /metrics, with their types.
 CALLGATE_METRICS = {
     "callgate_time_to_first_token_seconds": "histogram",
     "callgate_inter_token_latency_seconds": "histogram",
@@ -808,7 +808,7 @@ def test_caddy_passes_only_the_protocol_to_the_server() -> None:
 
 
 def test_caddy_limits_match_the_server() -> None:
-    from server.settings import load_settings
+    from server.base.settings import load_settings
 
     server = load_settings(ROOT / "configs" / "gpu.yaml").server
     site = caddy_site()
@@ -838,7 +838,7 @@ def test_caddy_limits_match_the_server() -> None:
 
 
 def test_gpu_config_loads_with_the_server_settings() -> None:
-    from server.settings import load_settings
+    from server.base.settings import load_settings
 
     settings = load_settings(ROOT / "configs" / "gpu.yaml")
     engine = settings.engine
@@ -852,8 +852,8 @@ def test_gpu_config_loads_with_the_server_settings() -> None:
 
 @pytest.mark.parametrize("biz", [{"city": "Hangzhou"}, {}, {"city": "Hangzhou", "name": "Li"}])
 def test_gpu_config_system_prompt_is_spoken_style(biz: dict[str, str]) -> None:
-    from server.prompt import SystemPrompts
-    from server.settings import load_settings
+    from server.base.settings import load_settings
+    from server.text.prompt import SystemPrompts
 
     settings = load_settings(ROOT / "configs" / "gpu.yaml")
     prompts = SystemPrompts({a: s.system_prompt for a, s in settings.models.aliases.items()})

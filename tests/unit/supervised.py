@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from server.admission import Admission, SharedSlots
+from server.serving.admission import Admission, SharedSlots
 
 
 def sleep() -> None:

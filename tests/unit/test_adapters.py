@@ -1,4 +1,5 @@
-"""LoRA adapters by alias (`server.adapters`): resolved to local dirs with a rank, or refused."""
+"""LoRA adapters by alias (`server.engine.adapters`): resolved to local dirs with a rank, or
+refused."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from server.adapters import AdapterError, Adapters, lora_rank_for, resolve
-from server.settings import AliasSettings
+from server.base.settings import AliasSettings
+from server.engine.adapters import AdapterError, Adapters, lora_rank_for, resolve
 
 
 def _adapter(path: Path, r: Any = 8, **config: Any) -> Path:

@@ -10,7 +10,7 @@ import time
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
-from server.admission import Admission, SharedSlots
+from server.serving.admission import Admission, SharedSlots
 
 CTX = multiprocessing.get_context("spawn")
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.auth import Authenticator
+from server.wire.auth import Authenticator
 
 AUTH = Authenticator(["sk-one", "sk-two"])
 

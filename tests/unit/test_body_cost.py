@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-import server.schemas
-from server.app import create_app
-from server.lifecycle import Runtime
-from server.settings import Settings
-from server.switchboard import PARSE_INLINE_BYTES, PLAN_INLINE_MESSAGES, Switchboard
+import server.wire.schemas
+from server.app.routes import create_app
+from server.base.settings import Settings
+from server.serving.lifecycle import Runtime
+from server.serving.switchboard import PARSE_INLINE_BYTES, PLAN_INLINE_MESSAGES, Switchboard
 from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine
 
 HEADERS = {"Authorization": "test-code-0123456789", "Content-Type": "application/json"}
@@ -141,7 +141,7 @@ def test_a_refused_body_gives_its_slot_back(tiny_model_dir: Path) -> None:
 def test_a_large_body_is_parsed_in_a_thread_and_a_small_one_on_the_loop(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    on_loop = _spy(monkeypatch, server.schemas, "decode_json")
+    on_loop = _spy(monkeypatch, server.wire.schemas, "decode_json")
     large = _dialog(40, max_tokens=1, metadata="x" * PARSE_INLINE_BYTES)
     _answered(tiny_model_dir, large, json.dumps(SHORT).encode())
     assert on_loop == [False, True]
@@ -159,7 +159,7 @@ def test_many_small_messages_are_planned_in_a_thread(
 def test_one_large_parse_at_a_time_per_process(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = server.schemas.decode_json
+    real = server.wire.schemas.decode_json
     running, most = 0, 0
     lock = threading.Lock()
 
@@ -173,7 +173,7 @@ def test_one_large_parse_at_a_time_per_process(
             running -= 1
         return real(body)
 
-    monkeypatch.setattr(server.schemas, "decode_json", slow)
+    monkeypatch.setattr(server.wire.schemas, "decode_json", slow)
     large = json.dumps({**SHORT, "metadata": "x" * PARSE_INLINE_BYTES}).encode()
 
     _answered(tiny_model_dir, *[large] * 4, together=True)

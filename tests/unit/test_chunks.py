@@ -6,7 +6,7 @@ import json
 
 from pydantic import BaseModel
 
-from server.chunks import DONE, ChunkRenderer
+from server.wire.chunks import DONE, ChunkRenderer
 
 CHUNK_KEYS = ["choices", "object", "usage", "created", "system_fingerprint", "model", "id"]
 CHOICE_KEYS = ["delta", "finish_reason", "index", "logprobs"]

@@ -1,7 +1,8 @@
-"""The connection guard (`server/connections.py`) driven as uvicorn drives it, through a recording
-transport: what reaches the app, what is read and when the connection ends, for inputs a socket
-test cannot time exactly (one read that holds a whole head, thousands of pipelined requests in
-one read). `tests/security/test_security_pipelining.py` checks the same on the real server.
+"""The connection guard (`server/process/connections.py`) driven as uvicorn drives it, through a
+recording transport: what reaches the app, what is read and when the connection ends, for
+inputs a socket test cannot time exactly (one read that holds a whole head, thousands of
+pipelined requests in one read). `tests/security/test_security_pipelining.py` checks the same
+on the real server.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from server.connections import GuardedHttpToolsProtocol
-from server.settings import ServerSettings
+from server.base.settings import ServerSettings
+from server.process.connections import GuardedHttpToolsProtocol
 
 GET = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 

@@ -1,5 +1,5 @@
-"""The embedded model's conversion (`server/embedded.py`) run by several processes at once, and
-after one was killed.
+"""The embedded model's conversion (`server/engine/embedded.py`) run by several processes at
+once, and after one was killed.
 
 The processes are real (each a `python -c` of its own) and so is the lock; only the conversion
 itself is replaced by a slow stand-in that writes a checkpoint-shaped directory, because the
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from server import embedded
-from server.embedded import EMBEDDED_NAME, embedded_dir, ensure_embedded
+from server.engine import embedded
+from server.engine.embedded import EMBEDDED_NAME, embedded_dir, ensure_embedded
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 60.0  # generous: two Python start-ups on a loaded 2-core machine
@@ -27,7 +27,7 @@ WAIT_S = 60.0  # generous: two Python start-ups on a loaded 2-core machine
 CHILD = """
 import sys, time
 from pathlib import Path
-from server import embedded
+from server.engine import embedded
 
 cache, barrier, log, name, peers, convert_s = sys.argv[1:7]
 def convert(gguf_dir, out):

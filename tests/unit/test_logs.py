@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from server.logs import JsonFormatter, TextFormatter
+from server.base.logs import JsonFormatter, TextFormatter
 
 # Characters that end a line for str.splitlines(), JavaScript and log viewers, and that JSON
 # (which escapes only U+0000-U+001F) would leave raw.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.metrics_core import HistogramMetricFamily
 
-from server.metrics import TTFT_NAME, ExemplarStore
+from server.serving.metrics import TTFT_NAME, ExemplarStore
 
 
 def test_latest_exemplar_goes_to_the_bucket_of_its_value() -> None:

@@ -1,4 +1,4 @@
-"""Which checkpoint a run serves (`server/model_source.py`), without the network: the hub's
+"""Which checkpoint a run serves (`server/engine/model_source.py`), without the network: the hub's
 answers are replaced where a test needs one (the subprocess tests in test_real_model.py use
 the real, unreachable hub)."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server import model_source
-from server.model_source import Unavailable, resolve
+from server.engine import model_source
+from server.engine.model_source import Unavailable, resolve
 
 
 def _hub(monkeypatch: pytest.MonkeyPatch, *, cached: bool, reachable: bool) -> None:
@@ -59,7 +59,7 @@ def test_with_the_fallback_the_embedded_model_is_served_and_the_reason_said(
     monkeypatch, tmp_path: Path
 ) -> None:
     _hub(monkeypatch, cached=False, reachable=False)
-    monkeypatch.setattr("server.embedded.ensure_embedded", lambda: tmp_path)
+    monkeypatch.setattr("server.engine.model_source.ensure_embedded", lambda: tmp_path)
     source = resolve("Qwen/Qwen2.5-0.5B-Instruct", offline_fallback=True)
     assert source.embedded and source.model == str(tmp_path)
     assert "Qwen/Qwen2.5-0.5B-Instruct" in source.why and "unreachable" in source.why

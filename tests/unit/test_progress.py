@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.progress import Progress
+from server.serving.progress import Progress
 
 
 def test_idle_time_is_not_a_stall() -> None:

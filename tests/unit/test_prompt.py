@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from server.errors import ContextTooLong, InvalidRequest
-from server.prompt import PromptBuilder, SystemPrompts, assemble
-from server.tokenizer import ChatTokenizer
+from server.base.errors import ContextTooLong, InvalidRequest
+from server.text.prompt import PromptBuilder, SystemPrompts, assemble
+from server.text.tokenizer import ChatTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 The reference for "plain text" is Qwen's own tiktoken encoding of the same BPE ranks
 (`encode_ordinary`: no special or added token is ever recognised), built here independently of
-transformers and of `server/tokenizer.py`.
+transformers and of `server/text/tokenizer.py`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from benchmarks.lib.qwen_checkpoint import (
     THINK_ID,
     ordinary_encoder,
 )
-from server.prompt import Message, PromptBuilder
-from server.tokenizer import ChatTokenizer
+from server.text.prompt import Message, PromptBuilder
+from server.text.tokenizer import ChatTokenizer
 
 CONTROL_IDS = range(151643, 151669)  # every special and added token of Qwen2.5 and Qwen3
 CALLER_TOKENS = [content for _, content, _ in ADDED_TOKENS + QWEN3_ADDED_TOKENS]

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from server.errors import InvalidRequest
-from server.schemas import MAX_CONTENT_PARTS, MAX_STOP, MAX_STOP_CHARS, parse_request
+from server.base.errors import InvalidRequest
+from server.wire.schemas import MAX_CONTENT_PARTS, MAX_STOP, MAX_STOP_CHARS, parse_request
 
 
 def _parts_body(*counts: int, part: str = '{"type":"text","text":"a"}') -> bytes:

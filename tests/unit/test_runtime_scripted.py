@@ -19,14 +19,14 @@ from typing import Any
 
 import httpx
 
-from server.adapters import Adapters
-from server.app import create_app
-from server.engine_api import Engine
-from server.exits import EXIT_ENGINE_DEAD
-from server.http import Completion
-from server.lifecycle import Runtime
-from server.schemas import ChatRequest, parse_request
-from server.settings import Settings
+from server.app.responses import Completion
+from server.app.routes import create_app
+from server.base.exits import EXIT_ENGINE_DEAD
+from server.base.settings import Settings
+from server.engine.adapters import Adapters
+from server.engine.api import Engine
+from server.serving.lifecycle import Runtime
+from server.wire.schemas import ChatRequest, parse_request
 from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine
 
 AUTH = "test-code-0123456789"

@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.exits import EXIT_INTERNAL
-from server.lifecycle import Runtime
-from server.metrics import Metrics
-from server.settings import Settings
+from server.base.exits import EXIT_INTERNAL
+from server.base.settings import Settings
+from server.serving.lifecycle import Runtime
+from server.serving.metrics import Metrics
+
+
+async def _no_engine(settings: Settings, adapters: object) -> Any:
+    raise AssertionError("these tests start no engine")
 
 
 def _runtime() -> tuple[Runtime, list[str]]:
-    runtime = Runtime(Settings(), Metrics(CollectorRegistry()))
+    runtime = Runtime(Settings(), Metrics(CollectorRegistry()), _no_engine)
     asked: list[str] = []
     runtime.request_exit = lambda: asked.append("exit")
     return runtime, asked

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from server.sampling import sampling_kwargs
-from server.schemas import ChatRequest, parse_request
+from server.text.sampling import sampling_kwargs
+from server.wire.schemas import ChatRequest, parse_request
 
 DEFAULTS = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
 

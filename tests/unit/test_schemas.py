@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from server.errors import InvalidRequest, UnsupportedFeature
-from server.schemas import ChatRequest, parse_request
+from server.base.errors import InvalidRequest, UnsupportedFeature
+from server.wire.schemas import ChatRequest, parse_request
 
 SEED = {
     "top_p": 0.1,

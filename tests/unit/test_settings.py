@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from server.settings import load_settings
+from server.base.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

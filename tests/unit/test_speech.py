@@ -1,4 +1,4 @@
-"""The speech filter (`server/speech.py`): what a voice can say, streamed without delay."""
+"""The speech filter (`server/text/speech.py`): what a voice can say, streamed without delay."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.speech import MAX_HELD, SpeechFilter, speak
+from server.text.speech import MAX_HELD, SpeechFilter, speak
 from tests.scripted_engine import FALLBACK, ScriptedEngine, scripted_turn, texts_of
 
 EXAMPLES = [

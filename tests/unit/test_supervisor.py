@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from server import workers
-from server.admission import SharedSlots
-from server.exits import EXIT_ENGINE_HUNG, EXIT_LOAD_FAILED, EXIT_WORKER_DIED
-from server.settings import Settings
+from server.base.exits import EXIT_ENGINE_HUNG, EXIT_LOAD_FAILED, EXIT_WORKER_DIED
+from server.base.settings import Settings
+from server.process import workers
+from server.serving.admission import SharedSlots
 from tests.unit import supervised
 
 CTX = multiprocessing.get_context("spawn")

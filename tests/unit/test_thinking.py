@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.thinking import ThinkingFilter
+from server.text.thinking import ThinkingFilter
 from tests.scripted_engine import FALLBACK, ScriptedEngine, scripted_turn, texts_of
 
 

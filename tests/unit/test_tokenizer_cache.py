@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
-from server.tokenizer import CACHE_MAX_CHARS, _ByteBoundedCache
+from server.text.tokenizer import CACHE_MAX_CHARS, _ByteBoundedCache
 
 
 class _CharTokenizer:

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.engine_api import Delta
-from server.metrics import Metrics
-from server.progress import Progress
-from server.turn import Turn
+from server.engine.api import Delta
+from server.serving.metrics import Metrics
+from server.serving.progress import Progress
+from server.serving.turn import Turn
 from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, scripted_turn
 
 LONG_AGO = 0.0  # perf_counter time far before any token of the test

@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 
-from server.engine_api import Delta, Engine
+from server.engine.api import Delta, Engine
 from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, scripted_turn, texts_of
 
 

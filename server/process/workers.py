@@ -4,12 +4,12 @@ One Python process can stream only so many tokens a second (ZMQ decoding, detoke
 turn loop and the SSE writes all share one core), and on a large GPU that, not the GPU, is the
 ceiling. So the supervisor (this process) binds the HTTP port once per worker with
 `SO_REUSEPORT`, launches the engine core, and starts N workers that each run the whole
-single-process server (`server.app`) as a client of that core (`SharedCore` in the engine
+single-process server (`server.app.routes`) as a client of that core (`SharedCore` in the engine
 adapter; the mechanism of `vllm serve --api-server-count`). The kernel spreads new connections
 evenly over the workers' sockets.
 
 What stays one thing to the outside:
-- admission: one count shared by every worker (`server.admission`), one limit; a worker that
+- admission: one count shared by every worker (`server.serving.admission`), one limit; a worker that
   dies gives its turns back at once;
 - `/metrics`: prometheus-client's multiprocess files, summed by whichever worker answers (on
   the admin port too, when there is one: each worker listens on both);
@@ -43,16 +43,18 @@ from multiprocessing import connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import SynchronizedArray
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-from server.adapters import Adapters
-from server.admission import Admission, SharedSlots
-from server.engine import Engine, SharedCore
-from server.exits import EXIT_ENGINE_DEAD, EXIT_ENGINE_HUNG, EXIT_LOAD_FAILED, EXIT_WORKER_DIED
-from server.process import listeners
-from server.settings import Settings
+from server.base.exits import EXIT_ENGINE_DEAD, EXIT_ENGINE_HUNG, EXIT_LOAD_FAILED, EXIT_WORKER_DIED
+from server.base.settings import Settings
+from server.engine.adapters import Adapters
+from server.process.serve import listeners
+from server.serving.admission import Admission, SharedSlots
+
+if TYPE_CHECKING:
+    from server.engine.vllm_adapter import Engine
 
 log = logging.getLogger("callgate")
 
@@ -91,6 +93,8 @@ async def _connect(
     settings: Settings,
     adapters: Adapters,
 ) -> Engine:
+    from server.engine.vllm_adapter import Engine
+
     engine = await Engine.connect(settings.engine, adapters, client)
     connected[int(client["client_index"])] = 1
     return engine
@@ -103,9 +107,9 @@ def worker_main(
     client: dict[str, Any],
 ) -> None:
     """One worker: the single-process server on its own socket, a client of the shared core."""
-    from server.app import create_app
-    from server.logs import setup_logging
-    from server.process import serve
+    from server.app.routes import create_app
+    from server.base.logs import setup_logging
+    from server.process.serve import serve
 
     index = int(client["client_index"])
     for i, group in enumerate(sockets):
@@ -356,6 +360,8 @@ def _run_once(
     payload = WorkerPayload(settings, codes, adapters, slots, connected)
     log.info("starting the engine core and %d front-end workers on %s:%d", n, host, port)
     try:
+        from server.engine.shared_core import SharedCore
+
         core = SharedCore.launch(
             settings.engine,
             adapters,

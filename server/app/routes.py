@@ -24,11 +24,15 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from server import __version__
-from server.adapters import Adapters
-from server.adapters import resolve as resolve_adapters
-from server.admission import Admission
-from server.auth import Authenticator
-from server.errors import (
+from server.app.responses import (
+    Completion,
+    PlainStream,
+    SseStream,
+    error_response,
+    read_body,
+    request_id,
+)
+from server.base.errors import (
     CallgateError,
     ClientGone,
     EngineFailed,
@@ -36,11 +40,14 @@ from server.errors import (
     Unauthorized,
     framework_error,
 )
-from server.http import Completion, PlainStream, SseStream, error_response, read_body, request_id
-from server.lifecycle import EngineFactory, Runtime, start_engine
-from server.metrics import Metrics
-from server.schemas import ChatRequest
-from server.settings import Settings
+from server.base.settings import Settings
+from server.engine.adapters import Adapters
+from server.engine.adapters import resolve as resolve_adapters
+from server.serving.admission import Admission
+from server.serving.lifecycle import EngineFactory, Runtime
+from server.serving.metrics import Metrics
+from server.wire.auth import Authenticator
+from server.wire.schemas import ChatRequest
 
 log = logging.getLogger("callgate")
 
@@ -50,13 +57,15 @@ CHAT_PATHS = ("/", "/chat/completions", "/v1/chat/completions")
 def create_app(
     settings: Settings,
     codes: list[str],
+    *,
+    engine_factory: EngineFactory,
     registry: CollectorRegistry | None = None,
-    engine_factory: EngineFactory = start_engine,
     admission: Admission | None = None,
     peers_ready: Callable[[], bool] | None = None,
     adapters: Adapters | None = None,
 ) -> FastAPI:
-    """The app of one front-end process. With several workers, each has its own app, and
+    """The app of one front-end process, on the engine `engine_factory` makes (vLLM's, handed in
+    by `python -m server`; a scripted one in tests). With several workers, each has its own app,
     `engine_factory` connects to the shared engine core and `admission` is the shared count.
     `adapters`: the aliases' LoRA adapters as resolved at start-up (default: resolved now)."""
     metrics = Metrics(registry or CollectorRegistry(auto_describe=True))

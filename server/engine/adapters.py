@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.settings import AliasSettings
+from server.base.settings import AliasSettings
 
 log = logging.getLogger("callgate")
 

@@ -9,7 +9,8 @@ finish, the rest end with the fallback sentence, then the process exits 0.
 The runtime's `state` is the one record of loading, ready, draining and dead: `admit` reads it
 before the switchboard is asked, and `refused` is the one place a refused request is counted
 and logged, whether or not the engine has loaded. The engine comes from `engine_factory`
-(`server.engine` by default; tests pass a scripted engine, `tests/scripted_engine.py`).
+(`python -m server` hands in vLLM's, `server.engine.vllm_adapter.start_engine`; tests pass
+a scripted engine, `tests/scripted_engine.py`).
 """
 
 from __future__ import annotations
@@ -20,18 +21,16 @@ import time
 from collections.abc import Awaitable, Callable
 
 from server import __version__
-from server.adapters import Adapters
-from server.admission import Admission
-from server.engine import VLLM_VERSION
-from server.engine import Engine as VllmEngine
-from server.engine_api import Engine
-from server.errors import CallgateError, Draining, EngineUnavailable
-from server.exits import EXIT_ENGINE_DEAD, EXIT_ENGINE_HUNG, EXIT_INTERNAL, EXIT_LOAD_FAILED
-from server.logs import one_line
-from server.metrics import Metrics
-from server.settings import Settings
-from server.switchboard import Switchboard
-from server.tokenizer import ChatTokenizer
+from server.base.errors import CallgateError, Draining, EngineUnavailable
+from server.base.exits import EXIT_ENGINE_DEAD, EXIT_ENGINE_HUNG, EXIT_INTERNAL, EXIT_LOAD_FAILED
+from server.base.logs import one_line
+from server.base.settings import Settings
+from server.engine.adapters import Adapters
+from server.engine.api import Engine
+from server.serving.admission import Admission
+from server.serving.metrics import Metrics
+from server.serving.switchboard import Switchboard
+from server.text.tokenizer import ChatTokenizer
 
 log = logging.getLogger("callgate")
 turns = logging.getLogger("callgate.turn")  # the per-turn log lines, refusals included
@@ -40,16 +39,12 @@ EngineFactory = Callable[[Settings, Adapters], Awaitable[Engine]]
 WATCH_INTERVAL_S = 0.5
 
 
-async def start_engine(settings: Settings, adapters: Adapters) -> Engine:
-    return await VllmEngine.start(settings.engine, adapters)
-
-
 class Runtime:
     def __init__(
         self,
         settings: Settings,
         metrics: Metrics,
-        engine_factory: EngineFactory = start_engine,
+        engine_factory: EngineFactory,
         admission: Admission | None = None,
         peers_ready: Callable[[], bool] | None = None,
         adapters: Adapters | None = None,
@@ -93,7 +88,7 @@ class Runtime:
         if self.state == "loading":
             self.state = "ready"
         self.metrics.engine_up.set(1)
-        self.metrics.info.labels(__version__, VLLM_VERSION, str(s.server.workers)).set(1)
+        self.metrics.info.labels(__version__, engine.version, str(s.server.workers)).set(1)
         log.info(
             "engine ready: %s, max_model_len %d, max_num_seqs %d, admission limit %d, "
             "LoRA adapters: %s",

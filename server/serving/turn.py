@@ -13,16 +13,17 @@ the first *spoken* text, so it must allow for the reasoning. A reply that ends b
 (out of tokens while reasoning) says the fallback sentence, with the engine's finish reason.
 
 With the alias's `speech_filter` on (`TurnPlan.speech_filter`), the text then passes through a
-`SpeechFilter` (`server/speech.py`), which removes what a voice cannot say; what it holds back
+`SpeechFilter` (`server/text/speech.py`), which removes what a voice cannot say; what it holds back
 (a possibly split marker) is released with the engine's last delta. Filters change text only:
 counts, the stall clock and finish reasons are the engine's.
 
 The turn owns its outcome and its ending, for streams and `stream: false` alike. Its deadline
 (`turn_s` after arrival) and a shutdown that cannot wait take the same path, `interrupt`: the
 engine request is aborted, the engine's stream ends, and the reply ends with what was said so
-far, the fallback sentence and the true token counts. The response classes (`server/http.py`)
-only move bytes; when even the interrupt cannot end a turn in time (an engine that does not
-stop, a caller who stopped reading), they cut it with `cut_off`, which records why.
+far, the fallback sentence and the true token counts. The response classes
+(`server/app/responses.py`) only move bytes; when even the interrupt cannot end a turn in time
+(an engine that does not stop, a caller who stopped reading), they cut it with `cut_off`,
+which records why.
 
 `finish()` is the single place where a turn is accounted: metrics, the log line, the in-flight
 gauge. It is idempotent and is also called by the response wrapper, so a turn whose body never
@@ -38,15 +39,15 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from server.chunks import DONE, ChunkRenderer
-from server.progress import Progress
-from server.speech import SpeechFilter
-from server.thinking import ThinkingFilter
+from server.serving.progress import Progress
+from server.text.speech import SpeechFilter
+from server.text.thinking import ThinkingFilter
+from server.wire.chunks import DONE, ChunkRenderer
 
 if TYPE_CHECKING:
-    from server.engine_api import Delta, Engine, EngineParams
-    from server.metrics import Metrics
-    from server.schemas import ChatRequest
+    from server.engine.api import Delta, Engine, EngineParams
+    from server.serving.metrics import Metrics
+    from server.wire.schemas import ChatRequest
 
 log = logging.getLogger("callgate.turn")
 
@@ -75,7 +76,7 @@ class TurnPlan:
     arrival: float  # time.perf_counter() when the request arrived
     dropped_turns: int = 0
     thinking: bool = False  # Qwen3 reasoning comes first in the reply and is not spoken
-    speech_filter: bool = False  # remove what a voice cannot say (server/speech.py)
+    speech_filter: bool = False  # remove what a voice cannot say (server/text/speech.py)
     url_phrase: str = "the link"  # said in place of a URL when speech_filter is on
     adapter: str | None = None  # the alias's LoRA adapter (`Adapter.name`); None: base model
 

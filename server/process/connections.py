@@ -46,7 +46,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.server import ServerState
 
-from server.settings import ServerSettings
+from server.base.settings import ServerSettings
 
 log = logging.getLogger("callgate")
 

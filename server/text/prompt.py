@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from jinja2 import ChainableUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from server.errors import ContextTooLong, InvalidRequest
+from server.base.errors import ContextTooLong, InvalidRequest
 
 Message = tuple[str, str]  # (role, text): one message of the dialog
 

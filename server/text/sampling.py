@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.schemas import ChatRequest
+from server.wire.schemas import ChatRequest
 
 # Request fields copied as they are when the caller sets them.
 _PASSTHROUGH = (

@@ -20,18 +20,18 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from server.admission import Admission
-from server.chunks import ChunkRenderer
-from server.engine_api import Engine
-from server.errors import EngineUnavailable, Overloaded
-from server.metrics import Metrics
-from server.progress import Progress
-from server.prompt import PromptBuilder, SystemPrompts, assemble
-from server.sampling import sampling_kwargs
-from server.schemas import ChatRequest, parse_request
-from server.settings import Settings
-from server.tokenizer import ChatTokenizer
-from server.turn import Turn, TurnPlan
+from server.base.errors import EngineUnavailable, Overloaded
+from server.base.settings import Settings
+from server.engine.api import Engine
+from server.serving.admission import Admission
+from server.serving.metrics import Metrics
+from server.serving.progress import Progress
+from server.serving.turn import Turn, TurnPlan
+from server.text.prompt import PromptBuilder, SystemPrompts, assemble
+from server.text.sampling import sampling_kwargs
+from server.text.tokenizer import ChatTokenizer
+from server.wire.chunks import ChunkRenderer
+from server.wire.schemas import ChatRequest, parse_request
 
 log = logging.getLogger("callgate.turn")
 _T = TypeVar("_T")
@@ -68,7 +68,7 @@ class Switchboard:
         )
         # Thinking off: the template renders the empty think block, and the markers are banned
         # at the sampler as a second guard. On: the reasoning is filtered out of the reply
-        # (`server/thinking.py`), for checkpoints that have the `</think>` token at all.
+        # (`server/text/thinking.py`), for checkpoints that have the `</think>` token at all.
         thinking = settings.sampling.enable_thinking
         self._banned = () if thinking else tokenizer.token_ids(*THINK_TOKENS)
         self._thinking = thinking and bool(tokenizer.token_ids(THINK_TOKENS[1]))
@@ -113,7 +113,7 @@ class Switchboard:
 
     async def parse(self, body: bytes) -> ChatRequest:
         """`parse_request`, off the event loop for a large body: validating a 1 MiB body of
-        small objects takes a tenth of a second or more (`server/schemas.py` bounds what it
+        small objects takes a tenth of a second or more (`server/wire/schemas.py` bounds what it
         may hold), which would stall every other stream of this process."""
         if len(body) <= PARSE_INLINE_BYTES:
             return parse_request(body)

@@ -1,9 +1,9 @@
 """The engine as the rest of the server sees it: a small Protocol, the `Delta` it streams, and
 the opaque sampling value it builds.
 
-`server/engine.py` is the implementation on vLLM's `AsyncLLM`; `tests/scripted_engine.py` is a
-scripted double that yields planned deltas, errors and stalls, for what a real engine cannot be
-made to do on demand. Nothing here imports vLLM.
+`server/engine/vllm_adapter.py` is the implementation on vLLM's `AsyncLLM`;
+`tests/scripted_engine.py` is a scripted double that yields planned deltas, errors and stalls,
+for what a real engine cannot be made to do on demand. Nothing here imports vLLM.
 
 The order of calls is the promise that keeps refusals before the response: `params` (vLLM's own
 validation of the sampling values, `InvalidRequest`) and `check_admission` (vLLM's queue
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any, NewType, Protocol
 
-from server.adapters import Adapters
+from server.engine.adapters import Adapters
 
 # The engine's own sampling object (vLLM's `SamplingParams`), built by `Engine.params` while the
 # turn is planned. Opaque outside the engine: only its maker reads it.
@@ -51,6 +51,7 @@ class Engine(Protocol):
     max_model_len: int
     max_num_seqs: int
     generation_defaults: dict[str, Any]  # the checkpoint's sampling defaults
+    version: str  # the engine's release, for `callgate_info`
 
     @property
     def alive(self) -> bool: ...

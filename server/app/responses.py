@@ -1,6 +1,6 @@
 """HTTP edges: bounded reads, error responses, and the two ways a turn leaves the server.
 
-The response classes only move bytes: the turn (`server/turn.py`) decides every byte of the
+The response classes only move bytes: the turn (`server/serving/turn.py`) decides every byte of the
 reply, its outcome and its ending, its deadline included. What they add is what only the
 connection knows: a caller who hangs up (the turn is cancelled, and aborts the engine request)
 and a turn still not ended `TURN_GRACE_S` after its deadline (`Turn.cut_off`). Whatever happens
@@ -19,8 +19,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from server.errors import CallgateError, PayloadTooLarge, error_body
-from server.turn import Turn
+from server.base.errors import CallgateError, PayloadTooLarge, error_body
+from server.serving.turn import Turn
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # After turn_s: how long the turn's interrupt gets to end it with the fallback ending.

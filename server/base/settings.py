@@ -185,7 +185,7 @@ class AliasSettings(_Section):
     speech_filter: bool = Field(
         False,
         description="Keep out of the reply what a voice cannot say: markdown, list markers, "
-        "code, URLs, emoji (server/speech.py). On in the shipped configs.",
+        "code, URLs, emoji (server/text/speech.py). On in the shipped configs.",
     )
     url_phrase: str = Field(
         "the link",

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from server.errors import InvalidRequest, UnsupportedFeature
+from server.base.errors import InvalidRequest, UnsupportedFeature
 
 MAX_MESSAGES = 4096
 # Text parts in all messages together: each costs about what a message costs to validate, and a

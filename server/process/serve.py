@@ -15,9 +15,9 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from server.connections import GuardedHttpToolsProtocol
-from server.lifecycle import Runtime
-from server.settings import ServerSettings, Settings
+from server.base.settings import ServerSettings, Settings
+from server.process.connections import GuardedHttpToolsProtocol
+from server.serving.lifecycle import Runtime
 
 log = logging.getLogger("callgate")
 

@@ -38,6 +38,10 @@ _DONE = ".complete"  # written last: a directory without it is an interrupted co
 _WORK_PREFIX = f".{EMBEDDED_NAME}-"  # the conversion's temporary directory, beside the result
 
 
+class Unavailable(Exception):
+    """The model cannot be served; the message is the one line shown."""
+
+
 def cache_dir() -> Path:
     configured = os.environ.get("CALLGATE_CACHE_DIR")
     if configured:
@@ -102,7 +106,6 @@ def _sweep(directory: Path) -> None:
 def _package_dir() -> Path:
     """Where the GGUF lies, found without importing the package (its own imports are `llm`
     plugins that `make venv` does not install)."""
-    from server.model_source import Unavailable
 
     spec = importlib.util.find_spec(PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec else []

@@ -3,8 +3,8 @@
 `engine.model` is a local directory or a Hugging Face hub id. A hub id is served when it can be
 had: cached, or the hub answers for it. When neither holds and the run allows it
 (`engine.offline_fallback`, the CPU config's first run), the embedded SmolLM2-135M-Instruct
-(`server/embedded.py`) is served instead and the reason is said in one line. Anything else that
-cannot be loaded is `Unavailable`: one line naming the model and the cause, no traceback.
+(`server/engine/embedded.py`) is served instead and the reason is said in one line. Anything
+else that cannot be loaded is `Unavailable`: one line naming the model and the cause, no traceback.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.logs import one_line
+from server.base.logs import one_line
+from server.engine.embedded import EMBEDDED_NAME, ensure_embedded
+from server.engine.embedded import Unavailable as Unavailable
 
 PROBE_TIMEOUT_S = 5.0
-
-
-class Unavailable(Exception):
-    """The model cannot be served; the message is the one line shown."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +48,6 @@ def resolve(model: str, *, offline_fallback: bool) -> Source:
         if reachable:
             return Source(model, f"{model} from {hub} (downloaded on first use)")
     if offline_fallback:
-        from server.embedded import EMBEDDED_NAME, ensure_embedded
-
         directory = ensure_embedded()
         return Source(
             str(directory),

@@ -1,0 +1,2 @@
+"""The base: what every layer shares. Typed settings (`settings`), the error table (`errors`),
+the exit codes (`exits`), log lines (`logs`). Imports nothing of the server."""
