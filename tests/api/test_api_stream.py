@@ -187,7 +187,7 @@ def test_sampled_stream_equals_non_streamed_for_the_same_seed(api, chat_body):
 def test_openai_client_consumes_the_stream(server):
     import openai
 
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.wire.auth, max_retries=0)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.auth, max_retries=0)
     chunks = list(
         client.chat.completions.create(
             model="qwen-plus",
@@ -205,7 +205,7 @@ def test_openai_client_consumes_the_stream(server):
 def test_openai_client_non_streamed_completion(server):
     import openai
 
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.wire.auth, max_retries=0)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.auth, max_retries=0)
     completion = client.chat.completions.create(
         model="qwen-plus",
         messages=[{"role": "user", "content": "Who are you?"}],

@@ -143,7 +143,7 @@ def test_non_ascii_authorization_bytes_are_401(server):
 def test_oversized_request_head_is_refused_at_the_parser(server, api, extra):
     # The protocol answers 431 (text, server/process/connections.py) and closes: the app never
     # sees it.
-    head = request_head(server, auth=server.wire.auth, length=2, extra=extra)
+    head = request_head(server, auth=server.auth, length=2, extra=extra)
     with socket.create_connection(address(server)) as sock:
         # Closed while we were still writing the head: refused, which is the point.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -197,7 +197,7 @@ def test_body_that_is_not_a_request_is_400(api, raw):
 
 def test_body_over_the_limit_with_content_length_is_413_before_it_is_sent(server):
     # Only the head is sent: the server must refuse from Content-Length, not wait for 2 MiB.
-    head = request_head(server, auth=server.wire.auth, length=2 * BODY_LIMIT)
+    head = request_head(server, auth=server.auth, length=2 * BODY_LIMIT)
     with socket.create_connection(address(server)) as sock:
         sock.sendall(head)
         status, raw = read_response(sock)
@@ -211,7 +211,7 @@ def test_chunked_body_over_the_limit_is_413_while_reading(server):
     piece = b"x" * 65_536
     chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
     with socket.create_connection(address(server)) as sock:
-        sock.sendall(request_head(server, auth=server.wire.auth, chunked=True))
+        sock.sendall(request_head(server, auth=server.auth, chunked=True))
         sent = 0
         while sent <= BODY_LIMIT + len(piece):
             sock.sendall(chunk)
@@ -544,7 +544,7 @@ def test_refusals_are_counted_as_invalid_or_unauthorized(server, marks):
     """Whatever ran of this module before: its refusals are counted as such, never as errors
     (the per-case check above already holds each case to that)."""
     log_mark, before = marks
-    bad = {"Authorization": server.wire.auth, "Content-Type": "application/json"}
+    bad = {"Authorization": server.auth, "Content-Type": "application/json"}
     httpx.post(f"{server.url}/", content=b"{not json", headers=bad, timeout=10.0)
     httpx.post(f"{server.url}/", json=_valid(), headers={"Authorization": "wrong"}, timeout=10.0)
     changed = delta(outcomes(server), before)

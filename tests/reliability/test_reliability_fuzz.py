@@ -206,7 +206,7 @@ def _check(response: httpx.Response) -> None:
 
 def test_fuzzed_request_bodies_never_get_a_5xx(api, server):
     before, mark = outcomes(server), len(server.log_text())
-    headers = {"Authorization": server.wire.auth, "Content-Type": "application/json"}
+    headers = {"Authorization": server.auth, "Content-Type": "application/json"}
     url = f"{server.url}/"
     statuses: dict[int, int] = {}
 

@@ -66,7 +66,7 @@ def test_wrong_code_with_a_chunked_body_is_refused_before_any_chunk(server):
 
 def test_right_code_with_a_huge_declared_body_is_413_before_it_is_sent(server):
     with socket.create_connection(address(server)) as sock:
-        sock.sendall(request_head(server, auth=server.wire.auth, length=TEN_MB))
+        sock.sendall(request_head(server, auth=server.auth, length=TEN_MB))
         status, _ = read_response(sock, timeout_s=30.0)
     assert status == 413
 
@@ -193,5 +193,5 @@ def test_codes_and_caller_content_never_reach_the_log(server, api):
     log = server.log_text()[mark:]
     turns = [json.loads(line) for line in log.splitlines() if '"session_id": "147417592084' in line]
     assert turns, "the turn's log line is missing"
-    for needle in (secret_text, secret_city, wrong_code, server.wire.auth):
+    for needle in (secret_text, secret_city, wrong_code, server.auth):
         assert needle not in log, f"{needle!r} reached the log"

@@ -35,7 +35,7 @@ def test_vllm_bench_serve_completes_every_request(server: ServerHandle, tmp_path
         "--result-dir", str(tmp_path),
         "--result-filename", "result.json",
     ]  # fmt: skip
-    env = {**os.environ, "OPENAI_API_KEY": server.wire.auth, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OPENAI_API_KEY": server.auth, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )

@@ -10,7 +10,7 @@ from tests.conftest import ServerHandle
 
 @pytest.mark.parametrize("path", ["/", "/v1/chat/completions"])
 def test_checker_passes_against_our_server(server: ServerHandle, path: str) -> None:
-    results = check.run_checks(server.url + path, server.wire.auth, max_tokens=8)
+    results = check.run_checks(server.url + path, server.auth, max_tokens=8)
     problems = check.details(results)
     assert not any(r.failed for r in results), problems
     assert not [line for line in problems if line.startswith("WARN")], problems
@@ -19,5 +19,5 @@ def test_checker_passes_against_our_server(server: ServerHandle, path: str) -> N
 
 def test_checker_without_max_tokens_passes(server: ServerHandle) -> None:
     """As the gateway sends it: no max_tokens, the server's own cap ends the turn."""
-    results = check.run_checks(server.url, server.wire.auth, model="qwen-max")
+    results = check.run_checks(server.url, server.auth, model="qwen-max")
     assert not any(r.failed for r in results), check.details(results)
