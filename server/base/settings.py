@@ -222,6 +222,11 @@ class ModelsSettings(_Section):
             raise ValueError(f"models.default {self.default!r} is not in models.aliases")
         return self
 
+    def alias_for(self, model: str) -> str:
+        """The alias a request's `model` is served as: itself when configured, else the default.
+        The one place this is decided: turns, refusals and the metrics' `model` label agree."""
+        return model if model in self.aliases else self.default
+
 
 class SamplingSettings(_Section):
     max_tokens: int = Field(256, ge=1, description="Cap on a turn's output tokens (speech).")

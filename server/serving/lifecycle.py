@@ -159,8 +159,7 @@ class Runtime:
         self, err: CallgateError, request_id: str, model: str, arrival: float, session: str | None
     ) -> None:
         """Count and log a request refused before it became a turn."""
-        aliases = self.settings.models.aliases
-        alias = model if model in aliases else self.settings.models.default
+        alias = self.settings.models.alias_for(model)
         self.metrics.requests.labels(alias, err.outcome).inc()
         fields = {
             "event": "turn",

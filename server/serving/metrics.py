@@ -1,8 +1,9 @@
 """Our Prometheus metrics, declared once, on a registry handed to the app factory.
 
-Labels stay bounded: `model` is a configured alias (unknown request names map to the default),
-`outcome` is one of `OUTCOMES`. A turn's `session_id` rides along as an OpenMetrics exemplar on
-the TTFT observation, so a slow bucket leads to the call's log line without becoming a label.
+Labels stay bounded: `model` is a configured alias (`ModelsSettings.alias_for`: unknown names
+map to the default), `outcome` is one of `OUTCOMES`. A turn's `session_id` rides along as an
+OpenMetrics exemplar on the TTFT observation, so a slow bucket leads to the call's log line
+without becoming a label.
 vLLM's own `vllm:` metrics live in the default registry; `/metrics` serves both.
 
 With several front-end processes (`server.workers` > 1) every process writes its values to

@@ -60,7 +60,6 @@ class Switchboard:
         self.engine = engine
         self.metrics = metrics
         self._aliases = settings.models.aliases
-        self._default = settings.models.default
         self._prompts = SystemPrompts({a: s.system_prompt for a, s in self._aliases.items()})
         self._adapters = {a: adapter.name for a, adapter in engine.adapters.by_alias.items()}
         self._builder = PromptBuilder(
@@ -84,9 +83,6 @@ class Switchboard:
         self._lane = asyncio.Semaphore(1)
 
     # -- decisions ---------------------------------------------------------------------------
-
-    def alias_for(self, model: str) -> str:
-        return model if model in self._aliases else self._default
 
     def admit(self) -> None:
         """Refuse at once, before any engine work, when the turn cannot be served well.
@@ -145,7 +141,7 @@ class Switchboard:
                 raise
 
     def plan_now(self, request: ChatRequest, request_id: str, arrival: float) -> TurnPlan:
-        alias = self.alias_for(request.model)
+        alias = self.settings.models.alias_for(request.model)
         spoken = self._aliases[alias]
         system = self._prompts.render(alias, request.biz_params)
         dialog = assemble(system, [(m.role, m.text) for m in request.messages])

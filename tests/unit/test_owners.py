@@ -1,0 +1,84 @@
+"""One owner for each shared fact: turns and refusals ask the same place, so they cannot drift.
+
+Each test changes or reads the fact at its owner and checks that every path that uses it follows:
+a served turn and a refused request (the two ways a request is counted and logged) through the
+app on a scripted engine, in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server.app.routes import create_app
+from server.base.settings import ModelsSettings, Settings
+from server.engine.adapters import Adapters
+from server.serving.lifecycle import Runtime
+from tests.scripted_engine import FALLBACK, ScriptedEngine
+
+AUTH = "test-code-0123456789"
+HEADERS = {"Authorization": AUTH}
+MESSAGES = [{"role": "user", "content": "Is my table booked?"}]
+
+
+def _settings(model: Path, **sections: Any) -> Settings:
+    alias = {"fallback_text": FALLBACK, "system_prompt": "You are a phone agent."}
+    return Settings(
+        engine={"model": str(model)},
+        models={"default": "qwen-plus", "aliases": {"qwen-plus": alias, "qwen-max": alias}},
+        **sections,
+    )
+
+
+@asynccontextmanager
+async def _serve(
+    settings: Settings, engine: ScriptedEngine
+) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    app = create_app(settings, [AUTH], engine_factory=engine.factory, adapters=Adapters())
+    runtime: Runtime = app.state.runtime
+    async with app.router.lifespan_context(app):
+        while runtime.state == "loading":
+            await asyncio.sleep(0.01)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://callgate") as client:
+            yield client, runtime
+
+
+def _counted(runtime: Runtime, alias: str, outcome: str) -> float:
+    return runtime.metrics.requests.labels(alias, outcome)._value.get()
+
+
+# -- the alias rule: ModelsSettings.alias_for ---------------------------------------------------
+
+
+def test_a_configured_model_is_its_own_alias_and_any_other_name_the_default() -> None:
+    models = ModelsSettings(default="qwen-plus", aliases={"qwen-plus": {}, "qwen-max": {}})
+    assert models.alias_for("qwen-max") == "qwen-max"
+    assert models.alias_for("qwen-plus") == "qwen-plus"
+    assert models.alias_for("gpt-4o") == "qwen-plus"
+    assert models.alias_for("") == "qwen-plus"  # refused before the body was read
+
+
+def test_turns_and_refusals_take_their_alias_from_the_one_rule(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever the rule says is what both paths count under: here, everything is qwen-max.
+    monkeypatch.setattr(ModelsSettings, "alias_for", lambda self, model: "qwen-max")
+    served, refusing = ScriptedEngine(["Yes."]), ScriptedEngine(refuse="no such sampling value")
+
+    async def scenario(engine: ScriptedEngine, outcome: str, status: int) -> None:
+        async with _serve(_settings(tiny_model_dir), engine) as (client, runtime):
+            body = {"model": "qwen-plus", "messages": MESSAGES}
+            response = await client.post("/", json=body, headers=HEADERS)
+            assert response.status_code == status
+            assert _counted(runtime, "qwen-max", outcome) == 1
+            assert _counted(runtime, "qwen-plus", outcome) == 0
+
+    asyncio.run(scenario(served, "stop", 200))
+    asyncio.run(scenario(refusing, "invalid", 400))
