@@ -144,6 +144,14 @@ class EngineSettings(_Section):
         None, ge=1, description="Token budget of one scheduler step."
     )
     enable_prefix_caching: bool = Field(True, description="Reuse KV of shared prompt prefixes.")
+    enable_chunked_prefill: bool | None = Field(
+        None,
+        description="Prefill long prompts in chunks, mixed with other turns' decoding (None: "
+        "vLLM's default, on). Off in the CPU configs: on vLLM's CPU build a seeded turn whose "
+        "prompt is chunked kills the engine core, so with chunking on a seeded sampled turn is "
+        "refused (400); with it off seeds are served. Off needs max_num_batched_tokens >= "
+        "max_model_len (vLLM raises the default to it).",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica spans.")
     quantization: str | None = Field(None, description="vLLM quantization method (awq, fp8...).")
     enforce_eager: bool = Field(False, description="No CUDA graphs / torch.compile.")

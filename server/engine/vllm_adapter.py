@@ -73,6 +73,7 @@ def engine_args(settings: EngineSettings, adapters: Adapters) -> AsyncEngineArgs
         "max_num_seqs": settings.max_num_seqs,
         "max_num_batched_tokens": settings.max_num_batched_tokens,
         "enable_prefix_caching": settings.enable_prefix_caching,
+        "enable_chunked_prefill": settings.enable_chunked_prefill,
         "tensor_parallel_size": settings.tensor_parallel_size,
         "quantization": settings.quantization,
         "enforce_eager": settings.enforce_eager,
@@ -107,7 +108,10 @@ class Engine:
         # A seeded sampler gets its own torch.Generator; when its prompt is prefilled in chunks,
         # the model runner rewinds it with `set_offset`, which a CPU generator lacks ("CPU
         # Generator does not use offset", vLLM 0.32): the engine core dies with every call.
-        self._seed_ok = not current_platform.is_cpu()
+        # Without chunked prefill (`engine.enable_chunked_prefill: false`, the CPU configs) no
+        # prompt is prefilled in parts, nothing is rewound, and seeds are safe there too.
+        chunked = bool(llm.vllm_config.scheduler_config.enable_chunked_prefill)
+        self._seed_ok = not (current_platform.is_cpu() and chunked)
 
     @classmethod
     async def start(cls, settings: EngineSettings, adapters: Adapters) -> Engine:
@@ -215,8 +219,9 @@ class Engine:
             raise InvalidRequest(str(e)) from None
         if params.sampling_type == SamplingType.RANDOM_SEED and not self._seed_ok:
             raise InvalidRequest(
-                "seed is not supported with temperature above 0 on this server's CPU engine; "
-                "leave seed out, or set temperature to 0"
+                "seed is not supported with temperature above 0 on this server's CPU engine "
+                "while it prefills in chunks (engine.enable_chunked_prefill); leave seed out, "
+                "or set temperature to 0"
             )
         return EngineParams(params)
 

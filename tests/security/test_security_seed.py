@@ -5,20 +5,26 @@ request's prompt is prefilled in chunks (longer than `max_num_batched_tokens`, o
 step's token budget), the model runner discards the token sampled after each partial chunk and
 rewinds that generator with `set_offset`, which a CPU generator does not have ("CPU Generator
 does not use offset"): the engine core dies, with every call on the server. vLLM's own server
-dies the same way. On the CPU build callgate refuses such a request with a 400 before any
-engine work (`Engine.params`); a greedy request with a seed seeds nothing and is served, and
-a GPU engine, whose generators rewind, keeps every seed.
+dies the same way. Two ways out, both here:
 
-A server of its own with a 64-token step budget, so that the 1000-token prompt is chunked.
-Without the refusal, the first test's seeded turn kills the engine (reproduced on the tiny
-checkpoint: "CPU Generator does not use offset", the turn ends in `EngineDeadError`).
+- the CPU configs turn chunked prefill off (`engine.enable_chunked_prefill: false`): no prompt
+  is prefilled in parts, and seeded turns are served (the shared `server`, `tests/tiny.yaml`);
+- with chunking on, callgate refuses a seeded sampled turn with a 400 before any engine work
+  (`Engine.params`); a greedy request with a seed seeds nothing and is served, and a GPU engine,
+  whose generators rewind, keeps every seed.
+
+`seed_server` has chunking on and a 64-token step budget, so that the 1000-token prompt is
+chunked. Without the refusal, its first test's seeded turn kills the engine (reproduced on the
+tiny checkpoint: "CPU Generator does not use offset", the turn ends in `EngineDeadError`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from server.base.errors import InvalidRequest
@@ -30,7 +36,11 @@ PROMPT = "Tell me a very long story about the weather in Hangzhou. " * 40  # ~10
 
 @pytest.fixture(scope="module")
 def seed_server(start_server: Any) -> Iterator[ServerHandle]:
-    with start_server(env={"CALLGATE_ENGINE__MAX_NUM_BATCHED_TOKENS": str(STEP_TOKENS)}) as srv:
+    env = {
+        "CALLGATE_ENGINE__ENABLE_CHUNKED_PREFILL": "true",
+        "CALLGATE_ENGINE__MAX_NUM_BATCHED_TOKENS": str(STEP_TOKENS),
+    }
+    with start_server(env=env) as srv:
         yield srv
 
 
@@ -60,6 +70,31 @@ def test_a_greedy_turn_with_a_seed_is_served(
     _, stream = api.stream(_body(chat_body, temperature=0, seed=7))
     assert stream.choice_chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert seed_server.proc.poll() is None
+
+
+def test_without_chunked_prefill_seeded_turns_share_a_step_and_the_engine_lives(
+    server: ServerHandle, api: Api, chat_body: Any
+) -> None:
+    """The shared server prefills whole prompts (`enable_chunked_prefill: false`): 16 seeded
+    turns of ~1000 prompt tokens at once, more than one step's budget together (the load that
+    killed the engine with chunking on), are all served."""
+
+    async def burst() -> None:
+        async with httpx.AsyncClient(timeout=120.0) as client:
+            body = _body(chat_body, temperature=0.8, seed=7)
+            sent = [
+                client.post(f"{server.url}/v1/chat/completions", json=body, headers=api.headers())
+                for _ in range(16)
+            ]
+            answers = await asyncio.gather(*sent)
+        for r in answers:
+            assert r.status_code == 200, r.text
+            assert "data: [DONE]" in r.text
+
+    asyncio.run(burst())
+    assert server.proc.poll() is None
+    _, stream = api.stream(_body(chat_body, temperature=0.8))  # the engine still serves
+    assert stream.choice_chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
 @pytest.mark.parametrize("seed_ok", [True, False])
