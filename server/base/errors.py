@@ -83,6 +83,12 @@ class EngineFailed(CallgateError):
     status, type, code, outcome = 500, "internal_error", "engine_error", "error"
 
 
+def retry_after(seconds: int) -> dict[str, str]:
+    """The headers of every 503 (loading, draining, full, dead): when the gateway may try this
+    server again (`limits.retry_after_s`)."""
+    return {"Retry-After": str(seconds)}
+
+
 def framework_error(status: int) -> CallgateError:
     """The error for a refusal the framework makes (no such route, wrong method), with a fixed
     message: never the request's path or method, which are the caller's bytes (a path can be

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from server import __version__
-from server.base.errors import CallgateError, Draining, EngineUnavailable
+from server.base.errors import CallgateError, Draining, EngineUnavailable, retry_after
 from server.base.exits import EXIT_ENGINE_DEAD, EXIT_ENGINE_HUNG, EXIT_INTERNAL, EXIT_LOAD_FAILED
 from server.base.logs import one_line
 from server.base.settings import Settings
@@ -144,7 +144,7 @@ class Runtime:
 
     def admit(self) -> Switchboard:
         """The switchboard, with a slot held for this request; or the reason for a 503."""
-        retry = {"Retry-After": str(self.settings.limits.retry_after_s)}
+        retry = retry_after(self.settings.limits.retry_after_s)
         if self.state == "draining":
             raise Draining("the server is shutting down", headers=retry)
         board = self.switchboard

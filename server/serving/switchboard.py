@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from server.base.errors import EngineUnavailable, Overloaded
+from server.base.errors import EngineUnavailable, Overloaded, retry_after
 from server.base.settings import Settings
 from server.engine.api import Engine
 from server.serving.admission import Admission
@@ -75,6 +75,7 @@ class Switchboard:
         # The admission count is the whole server's (shared by every worker process).
         self.admission = admission or Admission()
         self.admission.limit = self.max_in_flight
+        self._retry = retry_after(settings.limits.retry_after_s)  # the headers of its 503s
         self.open_turns: set[Turn] = set()  # this process's turns
         # The stall clock: busy time since the engine last produced a token (/ready, hung exit).
         self.progress = Progress()
@@ -89,16 +90,14 @@ class Switchboard:
 
         On success a slot is held: `start` turns it into a turn, `unadmit` gives it back."""
         if not self.engine.alive:
-            raise EngineUnavailable("the engine is not running", headers=self._retry_after())
+            raise EngineUnavailable("the engine is not running", headers=self._retry)
         if not self.admission.try_enter():
-            raise Overloaded(
-                f"more than {self.max_in_flight} turns in flight", headers=self._retry_after()
-            )
+            raise Overloaded(f"more than {self.max_in_flight} turns in flight", headers=self._retry)
         try:
             self.engine.check_admission()
         except Overloaded as e:  # vLLM's own queue limits: the same 503 as ours
             self.admission.leave()
-            raise Overloaded(e.message, headers=self._retry_after()) from None
+            raise Overloaded(e.message, headers=self._retry) from None
         except BaseException:
             self.admission.leave()
             raise
@@ -239,6 +238,3 @@ class Switchboard:
         (default `readiness.stall_s`)."""
         limit = self.settings.readiness.stall_s if seconds is None else seconds
         return self.progress.starved_s > limit
-
-    def _retry_after(self) -> dict[str, str]:
-        return {"Retry-After": str(self.settings.limits.retry_after_s)}

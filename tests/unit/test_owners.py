@@ -7,6 +7,7 @@ app on a scripted engine, in process.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from server.engine.adapters import Adapters
 from server.serving.lifecycle import Runtime
 from tests.scripted_engine import FALLBACK, ScriptedEngine
 
+SERVER = Path(__file__).resolve().parents[2] / "server"
 AUTH = "test-code-0123456789"
 HEADERS = {"Authorization": AUTH}
 MESSAGES = [{"role": "user", "content": "Is my table booked?"}]
@@ -54,6 +56,17 @@ def _counted(runtime: Runtime, alias: str, outcome: str) -> float:
     return runtime.metrics.requests.labels(alias, outcome)._value.get()
 
 
+def _written_in(literal: str) -> set[str]:
+    """The modules of server/ whose code has `literal` as a whole string constant (docstrings
+    and descriptions that mention it are longer strings)."""
+    found = set()
+    for path in SERVER.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value == literal:
+                found.add(str(path.relative_to(SERVER.parent)))
+    return found
+
+
 # -- the alias rule: ModelsSettings.alias_for ---------------------------------------------------
 
 
@@ -82,3 +95,26 @@ def test_turns_and_refusals_take_their_alias_from_the_one_rule(
 
     asyncio.run(scenario(served, "stop", 200))
     asyncio.run(scenario(refusing, "invalid", 400))
+
+
+# -- Retry-After: server.base.errors.retry_after ------------------------------------------------
+
+
+def test_every_503_says_retry_after_from_the_one_setting(tiny_model_dir: Path) -> None:
+    # Two paths refuse with a 503: the runtime's (draining) and the switchboard's (full).
+    settings = _settings(tiny_model_dir, limits={"retry_after_s": 7})
+
+    async def scenario(engine: ScriptedEngine, drain: bool, code: str) -> None:
+        async with _serve(settings, engine) as (client, runtime):
+            if drain:
+                runtime.begin_drain()
+            response = await client.post("/", json={"messages": MESSAGES}, headers=HEADERS)
+            assert (response.status_code, response.json()["code"]) == (503, code)
+            assert response.headers["Retry-After"] == "7"
+
+    asyncio.run(scenario(ScriptedEngine(["Yes."]), True, "server_draining"))
+    asyncio.run(scenario(ScriptedEngine(["Yes."], overloaded=True), False, "server_overloaded"))
+
+
+def test_the_retry_after_header_is_built_in_one_place() -> None:
+    assert _written_in("Retry-After") == {"server/base/errors.py"}
