@@ -1,2 +1,3 @@
 """The base: what every layer shares. Typed settings (`settings`), the error table (`errors`),
-the exit codes (`exits`), log lines (`logs`). Imports nothing of the server."""
+the exit codes (`exits`), how a request ended (`outcomes`), log lines (`logs`). Imports
+nothing of the server."""

@@ -4,13 +4,15 @@ Before the first byte of a response, an error is an HTTP status with a JSON body
 OpenAI's shape (`{"error": {"message", "type", "code"}}`) and DashScope's top-level `code`,
 `message`, `request_id` (the console's test button shows that body). After the stream has
 started there is no status to change: the turn (`turn.py`) ends in-band with the fallback
-sentence instead. Each error also names the `outcome` it is counted under in the metrics.
+sentence instead. Each error also names the `Outcome` it is counted and logged under.
 """
 
 from __future__ import annotations
 
 import json
 from http import HTTPStatus
+
+from server.base.outcomes import Outcome
 
 
 class CallgateError(Exception):
@@ -19,7 +21,7 @@ class CallgateError(Exception):
     status: int = 500
     type: str = "internal_error"
     code: str = "internal_error"
-    outcome: str = "error"
+    outcome: Outcome = Outcome.ERROR
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -28,7 +30,8 @@ class CallgateError(Exception):
 
 
 class InvalidRequest(CallgateError):
-    status, type, code, outcome = 400, "invalid_request_error", "invalid_parameter", "invalid"
+    status, type, code = 400, "invalid_request_error", "invalid_parameter"
+    outcome = Outcome.INVALID
 
 
 class UnsupportedFeature(InvalidRequest):
@@ -40,47 +43,56 @@ class ContextTooLong(InvalidRequest):
 
 
 class Unauthorized(CallgateError):
-    status, type, code, outcome = 401, "authentication_error", "invalid_api_key", "unauthorized"
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+    outcome = Outcome.UNAUTHORIZED
 
 
 class NotFound(CallgateError):
-    status, type, code, outcome = 404, "invalid_request_error", "not_found", "invalid"
+    status, type, code = 404, "invalid_request_error", "not_found"
+    outcome = Outcome.INVALID
 
 
 class MethodNotAllowed(CallgateError):
-    status, type, code, outcome = 405, "invalid_request_error", "method_not_allowed", "invalid"
+    status, type, code = 405, "invalid_request_error", "method_not_allowed"
+    outcome = Outcome.INVALID
 
 
 class PayloadTooLarge(CallgateError):
-    status, type, code, outcome = 413, "invalid_request_error", "payload_too_large", "invalid"
+    status, type, code = 413, "invalid_request_error", "payload_too_large"
+    outcome = Outcome.INVALID
 
 
 class Overloaded(CallgateError):
     """Admission refused before any engine work; the gateway may retry elsewhere."""
 
-    status, type, code, outcome = 503, "overloaded_error", "server_overloaded", "rejected"
+    status, type, code = 503, "overloaded_error", "server_overloaded"
+    outcome = Outcome.REJECTED
 
 
 class Draining(CallgateError):
-    status, type, code, outcome = 503, "service_unavailable", "server_draining", "draining"
+    status, type, code = 503, "service_unavailable", "server_draining"
+    outcome = Outcome.DRAINING
 
 
 class EngineUnavailable(CallgateError):
     """The engine is loading or dead: nothing this request did wrong."""
 
-    status, type, code, outcome = 503, "service_unavailable", "engine_unavailable", "error"
+    status, type, code = 503, "service_unavailable", "engine_unavailable"
+    outcome = Outcome.ERROR
 
 
 class ClientGone(CallgateError):
     """The caller left before the request became a turn (nobody reads the answer)."""
 
-    status, type, code, outcome = 499, "client_closed_request", "client_gone", "client_gone"
+    status, type, code = 499, "client_closed_request", "client_gone"
+    outcome = Outcome.CLIENT_GONE
 
 
 class EngineFailed(CallgateError):
     """The engine raised while serving this turn (before anything was streamed)."""
 
-    status, type, code, outcome = 500, "internal_error", "engine_error", "error"
+    status, type, code = 500, "internal_error", "engine_error"
+    outcome = Outcome.ERROR
 
 
 def retry_after(seconds: int) -> dict[str, str]:

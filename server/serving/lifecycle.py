@@ -24,6 +24,7 @@ from server import __version__
 from server.base.errors import CallgateError, Draining, EngineUnavailable, retry_after
 from server.base.exits import EXIT_ENGINE_DEAD, EXIT_ENGINE_HUNG, EXIT_INTERNAL, EXIT_LOAD_FAILED
 from server.base.logs import one_line
+from server.base.outcomes import Outcome
 from server.base.settings import Settings
 from server.engine.adapters import Adapters
 from server.engine.api import Engine
@@ -130,7 +131,7 @@ class Runtime:
         self.metrics.engine_up.set(0)
         if code == EXIT_ENGINE_HUNG and self.switchboard is not None:
             for turn in list(self.switchboard.open_turns):
-                turn.interrupt("error")
+                turn.interrupt(Outcome.ERROR)
         await self._wait_turns(2.0)  # let open turns flush their fallback endings
         self._exit(code)
 
@@ -206,7 +207,7 @@ class Runtime:
         if self.switchboard is not None and self.switchboard.open_turns:
             log.warning("drain time over: %d turns end early", len(self.switchboard.open_turns))
             for turn in list(self.switchboard.open_turns):
-                turn.interrupt("draining")
+                turn.interrupt(Outcome.DRAINING)
             await self._wait_turns(2.0)
         # With several workers, one without turns keeps its socket (answering 503) while the
         # others drain: a worker that left early would have its queued connections reset.

@@ -1,7 +1,7 @@
 """Our Prometheus metrics, declared once, on a registry handed to the app factory.
 
 Labels stay bounded: `model` is a configured alias (`ModelsSettings.alias_for`: unknown names
-map to the default), `outcome` is one of `OUTCOMES`. A turn's `session_id` rides along as an
+map to the default), `outcome` is an `Outcome`. A turn's `session_id` rides along as an
 OpenMetrics exemplar on the TTFT observation, so a slow bucket leads to the call's log line
 without becoming a label.
 vLLM's own `vllm:` metrics live in the default registry; `/metrics` serves both.
@@ -31,17 +31,7 @@ from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
-OUTCOMES = (
-    "stop",
-    "length",
-    "client_gone",
-    "deadline",
-    "error",
-    "rejected",
-    "invalid",
-    "unauthorized",
-    "draining",
-)
+from server.base.outcomes import Outcome
 
 # Dense where callers notice (tens of ms to about a second), sparse up to ten seconds.
 TTFT_BUCKETS = (
@@ -166,7 +156,7 @@ class Metrics:
     def declare(self, models: list[str]) -> None:
         """Create every label combination up front so dashboards see zeros, not gaps."""
         for model in models:
-            for outcome in OUTCOMES:
+            for outcome in Outcome:
                 self.requests.labels(model, outcome)
             for metric in (self.ttft, self.itl, self.e2e, self.in_flight):
                 metric.labels(model)

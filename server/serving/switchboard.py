@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from server.base.errors import EngineUnavailable, Overloaded, retry_after
+from server.base.outcomes import Outcome
 from server.base.settings import Settings
 from server.engine.api import Engine
 from server.serving.admission import Admission
@@ -218,7 +219,7 @@ class Switchboard:
         if turn.speech is not None:
             # Which prompts make the model write for a screen: characters kept from the voice.
             fields["speech_filtered"] = turn.speech.filtered
-        if rec.outcome == "client_gone":
+        if rec.outcome == Outcome.CLIENT_GONE:
             fields["disconnect_stage"] = rec.stage
         if rec.error:
             fields["error"] = rec.error

@@ -39,6 +39,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from server.base.outcomes import Outcome
 from server.serving.progress import Progress
 from server.text.speech import SpeechFilter
 from server.text.thinking import ThinkingFilter
@@ -85,7 +86,7 @@ class TurnPlan:
 class TurnRecord:
     """What the log line and the metrics say about a finished turn."""
 
-    outcome: str = ""
+    outcome: Outcome | None = None  # set when the turn ends
     stage: str = "before_response"  # where the turn was when it ended abnormally
     ttft: float | None = None
     output_tokens: int = 0
@@ -111,7 +112,7 @@ class Turn:
         self._abort_task: asyncio.Task[None] | None = None
         self.record = TurnRecord()
         self.finish_reason = "stop"
-        self._interrupt: str | None = None
+        self._interrupt: Outcome | None = None
         self._finished = False
         self._thinking = ThinkingFilter() if plan.thinking else None
         self.speech = SpeechFilter(plan.url_phrase) if plan.speech_filter else None
@@ -130,14 +131,14 @@ class Turn:
         done = False
         loop = asyncio.get_running_loop()
         deadline = loop.call_at(
-            _loop_time_at(plan.arrival + plan.turn_s), self.interrupt, "deadline"
+            _loop_time_at(plan.arrival + plan.turn_s), self.interrupt, Outcome.DEADLINE
         )
         try:
             try:
                 async with asyncio.timeout_at(_loop_time_at(plan.arrival + plan.first_token_s)):
                     first = await self._first_text(stream)
             except TimeoutError:
-                rec.outcome = "deadline"
+                rec.outcome = Outcome.DEADLINE
                 yield plan.fallback_text
                 return
             rec.stage = "streaming"
@@ -151,19 +152,19 @@ class Turn:
                     async for text in self._rest(stream):
                         yield text
             done = True  # the engine's stream has ended, one way or another
-            if rec.outcome not in ("stop", "length"):
+            if rec.outcome not in (Outcome.STOP, Outcome.LENGTH):
                 # Interrupted (shutdown), aborted elsewhere, or ended without a finish reason.
-                rec.outcome = self._interrupt or "error"
+                rec.outcome = self._interrupt or Outcome.ERROR
                 yield self._joiner() + plan.fallback_text
             elif self._filters and not self._heard:
                 # All reasoning, or nothing a voice can say (an emoji, a code block): the
                 # caller hears the fallback, never silence and never the reasoning.
                 yield plan.fallback_text
         except (asyncio.CancelledError, GeneratorExit):
-            rec.outcome = rec.outcome or "client_gone"
+            rec.outcome = rec.outcome or Outcome.CLIENT_GONE
             raise
         except Exception as e:  # an engine failure must still end the turn audibly
-            rec.outcome = "error"
+            rec.outcome = Outcome.ERROR
             rec.error = f"{type(e).__name__}: {e}"
             log.exception("turn %s failed in the engine", plan.request_id)
             yield self._joiner() + plan.fallback_text
@@ -226,9 +227,10 @@ class Turn:
 
     def _set_reason(self, reason: str | None) -> None:
         if reason == "length":
-            self.finish_reason = self.record.outcome = "length"
+            self.finish_reason = "length"
+            self.record.outcome = Outcome.LENGTH
         elif reason in ("stop", "eos"):
-            self.record.outcome = "stop"
+            self.record.outcome = Outcome.STOP
         # None (not finished yet) and "abort" leave the outcome open.
 
     # -- renderings --------------------------------------------------------------------------
@@ -266,7 +268,7 @@ class Turn:
         did not end it (an engine that does not stop) or the caller stopped reading. The
         outcome is `deadline`; for `stream: false`, the body of what was said, then the
         fallback ending."""
-        self.record.outcome = "deadline"
+        self.record.outcome = Outcome.DEADLINE
         if not self._said or not self._said[-1].endswith(self.plan.fallback_text):
             self._said.append(self._joiner() + self.plan.fallback_text)
         return self._body()
@@ -287,7 +289,7 @@ class Turn:
 
     # -- control -----------------------------------------------------------------------------
 
-    def interrupt(self, reason: str) -> None:
+    def interrupt(self, reason: Outcome) -> None:
         """End the turn early with the fallback ending: its deadline (`deadline`), a drain that
         ran out (`draining`), a hung engine (`error`). The engine's stream ends on the abort,
         and `texts` says the fallback sentence after what was already said."""
@@ -298,14 +300,13 @@ class Turn:
             self._engine.abort(self.plan.engine_id)
         )
 
-    def finish(self, outcome: str | None = None) -> None:
-        """Account for the turn exactly once."""
+    def finish(self) -> None:
+        """Account for the turn exactly once; one that never ended itself lost its caller."""
         if self._finished:
             return
         self._finished = True
-        rec = self.record
-        if not rec.outcome:
-            rec.outcome = outcome or "client_gone"
+        if self.record.outcome is None:
+            self.record.outcome = Outcome.CLIENT_GONE
         self._on_finish(self)
 
 

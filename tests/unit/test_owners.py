@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,11 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from server.app.routes import create_app
+from server.base import errors
+from server.base.outcomes import Outcome
 from server.base.settings import ModelsSettings, Settings
 from server.engine.adapters import Adapters
 from server.serving.lifecycle import Runtime
+from server.serving.metrics import Metrics
 from tests.scripted_engine import FALLBACK, ScriptedEngine
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
@@ -118,3 +124,94 @@ def test_every_503_says_retry_after_from_the_one_setting(tiny_model_dir: Path) -
 
 def test_the_retry_after_header_is_built_in_one_place() -> None:
     assert _written_in("Retry-After") == {"server/base/errors.py"}
+
+
+# -- the outcome names: server.base.outcomes.Outcome --------------------------------------------
+
+
+def test_the_metrics_declare_every_outcome_as_before() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.declare(["qwen-plus"])
+    (family,) = metrics.requests.collect()
+    declared = [s.labels["outcome"] for s in family.samples if s.name == "callgate_requests_total"]
+    assert declared == [o.value for o in Outcome]
+    assert declared == [
+        "stop", "length", "client_gone", "deadline", "error", "rejected", "invalid",
+        "unauthorized", "draining",
+    ]  # fmt: skip
+
+
+def test_an_outcome_is_its_plain_word_in_labels_logs_and_json() -> None:
+    assert (str(Outcome.CLIENT_GONE), f"{Outcome.CLIENT_GONE}") == ("client_gone", "client_gone")
+    line = logging.LogRecord(
+        "callgate.turn", logging.INFO, "", 0, "turn %s %s", ("r", Outcome.STOP), None
+    )
+    assert line.getMessage() == "turn r stop"
+    assert json.dumps({"outcome": Outcome.STOP}) == '{"outcome": "stop"}'
+
+
+def test_every_error_is_counted_under_an_outcome() -> None:
+    classes = [errors.CallgateError]
+    for cls in classes:
+        assert isinstance(cls.outcome, Outcome), cls
+        classes.extend(cls.__subclasses__())
+    assert len(classes) > 10
+
+
+def _outcome_written_as_a_string(tree: ast.AST) -> list[int]:
+    """Lines where an outcome is set, compared or handed to `interrupt` as a bare string."""
+
+    def is_outcome(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "outcome") or (
+            isinstance(node, ast.Attribute) and node.attr == "outcome"
+        )
+
+    def strings(node: ast.AST | None) -> bool:
+        return node is not None and any(
+            isinstance(n, ast.Constant) and isinstance(n.value, str) for n in ast.walk(node)
+        )
+
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if is_outcome(target) and strings(node.value):
+                    bad.append(node.lineno)
+                elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                    for t, v in zip(target.elts, node.value.elts, strict=False):
+                        if is_outcome(t) and strings(v):
+                            bad.append(node.lineno)
+        elif isinstance(node, ast.Compare) and any(
+            is_outcome(n) for n in [node.left, *node.comparators]
+        ):
+            if any(strings(n) for n in [node.left, *node.comparators]):
+                bad.append(node.lineno)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "interrupt"
+            and any(strings(a) for a in node.args)
+        ):
+            bad.append(node.lineno)
+    return bad
+
+
+def test_no_outcome_is_spelled_outside_its_enum() -> None:
+    bad = {
+        str(path.relative_to(SERVER.parent)): lines
+        for path in SERVER.rglob("*.py")
+        if (lines := _outcome_written_as_a_string(ast.parse(path.read_text())))
+    }
+    assert not bad
+
+
+def test_the_outcome_scan_finds_a_bare_string() -> None:
+    source = """
+rec.outcome = rec.outcome or "client_gone"
+status, code, outcome = 400, "x", "invalid"
+if turn.record.outcome not in ("stop", "length"): pass
+turn.interrupt("draining")
+rec.outcome = Outcome.STOP
+"""
+    assert _outcome_written_as_a_string(ast.parse(source)) == [2, 3, 4, 5]
