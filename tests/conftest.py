@@ -41,7 +41,7 @@ from benchmarks.lib.servers import (
     tail,
 )
 from benchmarks.lib.tiny_checkpoint import build
-from tests.sse import ChatStream, parse_chat_stream
+from tests.wire import ChatStream, assert_error, parse_chat_stream
 
 REPO_ROOT = REPO
 TINY_CONFIG = Path(__file__).resolve().parent / "tiny.yaml"
@@ -291,20 +291,8 @@ class Api:
         assert response.status_code == 200, response.text
         return response, response.json()
 
-    @staticmethod
-    def assert_error(response: httpx.Response, status: int) -> dict[str, Any]:
-        """Assert `status` and the error body with both shapes (OpenAI and DashScope)."""
-        assert response.status_code == status, (response.status_code, response.text)
-        assert response.headers["content-type"].startswith("application/json")
-        body = response.json()
-        error = body["error"]
-        assert isinstance(error["message"], str) and error["message"]
-        assert isinstance(error["type"], str) and error["type"]
-        assert "code" in error
-        assert body["code"] not in (None, "")
-        assert isinstance(body["message"], str) and body["message"]
-        assert body["request_id"] == response.headers["x-request-id"]
-        return body
+    # Assert `status` and the error body with both shapes (`tests/wire/http.py`).
+    assert_error = staticmethod(assert_error)
 
     def metrics_text(self) -> str:
         """The Prometheus exposition of `GET /metrics`."""

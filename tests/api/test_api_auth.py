@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sse import parse_chat_stream
+from tests.wire import parse_chat_stream
 
 
 @pytest.mark.parametrize("form", ["raw", "bearer"])

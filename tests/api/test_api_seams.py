@@ -5,14 +5,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import Api, ServerHandle
-from tests.reliability_helpers import long_body, wait_for, wait_idle
+from tests.wire import ABORT_WITHIN_S, long_body, wait_for, wait_idle
 
 LONG = 2000  # output tokens with ignore_eos: seconds of work for the tiny model on CPU
 
@@ -84,10 +86,15 @@ def test_stream_false_hang_up_aborts_the_engine_request(
     headers = {**make_api(texty).headers(), "X-Request-Id": "seams-hangup-1"}
     # The client gives up before the reply (seconds of generation) and closes its connection.
     timeout = httpx.Timeout(10.0, read=1.0)
-    with httpx.Client(timeout=timeout) as client, pytest.raises(httpx.ReadTimeout):
-        client.post(f"{texty.url}/", json=body, headers=headers)
+    with httpx.Client(timeout=timeout) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(f"{texty.url}/", json=body, headers=headers)
+        hung_up = time.time()
     line = _turn_line(texty, "seams-hangup-1")
     assert "outcome=client_gone" in line
+    # Logged once the turn was cancelled and its abort sent (local time, to the millisecond).
+    logged = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    assert logged - hung_up < ABORT_WITHIN_S, f"aborted {logged - hung_up:.3f} s after the hang-up"
     fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
     assert int(fields["output_tokens"]) < LONG  # aborted, not finished
     idle = wait_idle(texty, within_s=30.0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.sse import DONE, parse_chat_stream
+from tests.wire import DONE, parse_chat_stream
 
 # The seed page's example request, byte for byte as published (numbers, not strings).
 SEED_EXAMPLE_REQUEST = """{

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 import time
@@ -13,23 +12,17 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Api, ServerHandle, ServerSlot
-from tests.reliability_helpers import IDLE_WITHIN_S, wait_for
-from tests.sse import parse_chat_stream
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+from tests.wire import (
+    assert_aborted_in_time,
+    metric,
+    new_request_id,
+    parse_chat_stream,
+    turn_lines,
+    wait_for,
+    wait_idle,
+)
 
 
 def test_histograms_count_each_streamed_turn_once(api: Api, chat_body: Callable[..., Any]) -> None:
@@ -40,11 +33,11 @@ def test_histograms_count_each_streamed_turn_once(api: Api, chat_body: Callable[
     after = api.metrics_text()
 
     def grew(name: str) -> float:
-        return value(after, name, model="qwen-max") - value(before, name, model="qwen-max")
+        return metric(after, name, model="qwen-max") - metric(before, name, model="qwen-max")
 
     assert grew("callgate_time_to_first_token_seconds_count") == n
     assert grew("callgate_e2e_request_latency_seconds_count") == n
-    done = value(after, "callgate_requests_total", model="qwen-max", outcome="length") - value(
+    done = metric(after, "callgate_requests_total", model="qwen-max", outcome="length") - metric(
         before, "callgate_requests_total", model="qwen-max", outcome="length"
     )
     assert done == n
@@ -65,10 +58,8 @@ def test_rejections_are_counted_with_their_outcome(api: Api, chat_body: Callable
     api.assert_error(api.post(chat_body(temperature="hot")), 400)
     after = api.metrics_text()
     for outcome in ("unauthorized", "invalid"):
-        delta = value(after, "callgate_requests_total", model="qwen-plus", outcome=outcome) - value(
-            before, "callgate_requests_total", model="qwen-plus", outcome=outcome
-        )
-        assert delta == 1, outcome
+        name, labels = "callgate_requests_total", {"model": "qwen-plus", "outcome": outcome}
+        assert metric(after, name, **labels) - metric(before, name, **labels) == 1, outcome
 
 
 def test_openmetrics_exemplar_carries_the_session_id(
@@ -117,9 +108,9 @@ def test_prefix_cache_hits_are_counted(api: Api, chat_body: Callable[..., Any]) 
     history = [{"role": "assistant", "content": "Opening line. " * 30}]
     history.append({"role": "user", "content": "and a question"})
     api.stream(chat_body(model="qwen-max", messages=history))
-    before = value(api.metrics_text(), "callgate_cached_prompt_tokens_total", model="qwen-max")
+    before = metric(api.metrics_text(), "callgate_cached_prompt_tokens_total", model="qwen-max")
     api.stream(chat_body(model="qwen-max", messages=history))
-    after = value(api.metrics_text(), "callgate_cached_prompt_tokens_total", model="qwen-max")
+    after = metric(api.metrics_text(), "callgate_cached_prompt_tokens_total", model="qwen-max")
     assert after - before >= 16
 
 
@@ -131,16 +122,6 @@ def test_request_id_is_honoured_when_safe(api: Api, chat_body: Callable[..., Any
     rid = r.headers["x-request-id"]
     assert rid.isalnum() and len(rid) == 32
     assert stream.chunks[0]["id"] == f"chatcmpl-{rid}"
-
-
-def _turn_lines(handle: ServerHandle) -> list[dict[str, Any]]:
-    lines = []
-    for line in handle.log_text().splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry.get("event") == "turn":
-                lines.append(entry)
-    return lines
 
 
 def test_one_json_log_line_per_turn_without_message_text(
@@ -158,7 +139,7 @@ def test_one_json_log_line_per_turn_without_message_text(
     rid = r.headers["x-request-id"]
 
     def logged() -> list[dict[str, Any]]:
-        return [e for e in _turn_lines(api.handle) if e["request_id"] == rid]
+        return [e for e in turn_lines(api.handle.log_text()) if e["request_id"] == rid]
 
     wait_for(lambda: bool(logged()), timeout_s=30.0)
     mine = logged()
@@ -241,27 +222,20 @@ def test_in_flight_returns_to_zero_after_a_disconnect(
 ) -> None:
     api = make_api(fresh[0])
     body = chat_body(max_tokens=2000)
-    with httpx.stream("POST", f"{api.handle.url}/", json=body, headers=api.headers()) as r:
+    rid = new_request_id()
+    headers = {**api.headers(), "X-Request-Id": rid}
+    with httpx.stream("POST", f"{api.handle.url}/", json=body, headers=headers) as r:
         lines = r.iter_lines()
         next(lines)  # the role chunk
         next(lines)
-        during = value(api.metrics_text(), "callgate_requests_in_flight", model="qwen-plus")
+        during = metric(api.metrics_text(), "callgate_requests_in_flight", model="qwen-plus")
         assert during >= 1
-    deadline = time.monotonic() + IDLE_WITHIN_S
-    while time.monotonic() < deadline:
-        text = api.metrics_text()
-        if (
-            value(text, "callgate_requests_in_flight", model="qwen-plus") == 0
-            and value(
-                text, "vllm:num_requests_running", engine="0", model_name=str(api.handle.model_dir)
-            )
-            == 0
-        ):
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"in-flight gauge or vLLM running count not back to 0 in {IDLE_WITHIN_S} s")
-    assert value(text, "callgate_requests_total", model="qwen-plus", outcome="client_gone") >= 1
+        hung_up = {rid: time.time()}
+    assert_aborted_in_time(api.handle, hung_up)
+    idle = wait_idle(api.handle)
+    assert idle.idle, f"the in-flight gauge or vLLM's counts are not back to 0: {idle}"
+    text = api.metrics_text()
+    assert metric(text, "callgate_requests_total", model="qwen-plus", outcome="client_gone") >= 1
 
 
 def test_sse_starlette_with_keepalive_pings_streams_the_same_shape(
@@ -280,7 +254,7 @@ def test_sse_starlette_with_keepalive_pings_streams_the_same_shape(
 
 def in_flight(api: Api) -> float:
     """`callgate_requests_in_flight` of the `qwen-plus` alias now."""
-    return value(api.metrics_text(), "callgate_requests_in_flight", model="qwen-plus")
+    return metric(api.metrics_text(), "callgate_requests_in_flight", model="qwen-plus")
 
 
 def test_ready_is_503_while_draining(

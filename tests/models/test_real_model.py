@@ -25,7 +25,7 @@ import pytest
 
 from server.engine.embedded import EMBEDDED_NAME, ensure_embedded
 from tests.conftest import AUTH_CODE, REPO_ROOT, ServerHandle, launch_server
-from tests.sse import parse_chat_stream
+from tests.wire import parse_chat_stream
 
 REAL_CONFIG = Path(__file__).resolve().parent / "real.yaml"
 

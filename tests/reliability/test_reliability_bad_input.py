@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.reliability_helpers import (
+from tests.wire import (
     address,
     assert_error_shape,
     delta,

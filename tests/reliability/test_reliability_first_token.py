@@ -12,19 +12,17 @@ module's server up, and a test after it would get a fresh one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 
 import httpx
-import psutil
 import pytest
 
 from tests.conftest import ServerSlot
-from tests.reliability_helpers import (
-    ENGINE_EXIT_S,
+from tests.wire import (
     FALLBACK,
     assert_error_shape,
+    assert_processes_gone,
     async_client,
     delta,
     descendants,
@@ -154,8 +152,4 @@ def test_engine_death_while_idle_fails_health_refuses_turns_and_exits_nonzero(st
     for response in turns:
         if response.status_code == 200:  # admitted just before the death was noticed
             well_formed(response.content)
-    _, alive = psutil.wait_procs(family, timeout=ENGINE_EXIT_S)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    assert not alive, f"engine processes outlived the server: {alive}"
+    assert_processes_gone(family)

@@ -26,7 +26,7 @@ import httpx
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability_helpers import (
+from tests.wire import (
     assert_error_shape,
     delta,
     log_since,

@@ -11,49 +11,52 @@ that every stage of a turn can be hit on purpose:
   steps, so a hang-up right after the role chunk lands while queued or during prefill;
 * `turn_s` 20: a reader that stops reading is cut off while the engine is still working.
 
-After every stage, vLLM's running and waiting counts and our in-flight gauge must be back to zero
-within two seconds and a new turn must be served normally. The engine-death test kills the
-server: it uses the module's server up, and a test after it would get a fresh one.
+After every stage, each dropped turn must have been aborted within two seconds of its hang-up
+(the server's own log line, `tests/wire/logs.py`), vLLM's running and waiting counts and our
+in-flight gauge must be back to zero, and a new turn must be served normally. The engine-death
+test kills the server: it uses the module's server up, and a test after it would get a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import signal
 import socket
 import threading
 import time
-from datetime import datetime
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from tests.conftest import ServerSlot
-from tests.reliability_helpers import (
-    ENGINE_EXIT_S,
+from tests.wire import (
     FALLBACK,
     IDLE_WITHIN_S,
     RawStream,
     address,
+    assert_aborted_in_time,
     assert_error_shape,
+    assert_processes_gone,
     async_client,
     delta,
     descendants,
     drop_after,
     engine_core,
+    hang_up_raw,
     load,
     load_async,
     log_since,
+    logged_at,
     long_body,
+    new_request_id,
     open_streams,
     outcomes,
     read_to_end,
     request_head,
+    turn_lines,
     wait_for,
     wait_idle,
     well_formed,
@@ -114,7 +117,7 @@ def _assert_serves(handle) -> None:
 
 def _assert_idle_and_serving(handle) -> None:
     idle = wait_idle(handle)
-    assert idle.idle, f"engine or gateway still busy 2 s after the hang-ups: {idle}"
+    assert idle.idle, f"engine or gateway still busy {IDLE_WITHIN_S} s after the hang-ups: {idle}"
     _assert_serves(handle)
 
 
@@ -132,20 +135,14 @@ async def _wait_load(handle, predicate, timeout_s: float = 30.0) -> Any:
 # -- before the response headers -----------------------------------------------------------
 
 
-def _hang_up_raw(handle, body: bytes, send_body_bytes: int) -> None:
-    with socket.create_connection(address(handle)) as sock:
-        sock.sendall(request_head(handle, auth=handle.auth, length=len(body)))
-        sock.sendall(body[:send_body_bytes])
-    # closed here: before a single byte of the response was read
-
-
 def test_hang_up_before_the_response_headers(busy, idle_before):
     body = json.dumps(long_body(LONG)).encode()
+    hung_up: dict[str, float] = {}
     threads = []
     for n in range(ROUNDS * 16):
         # Half send the whole request, half stop in the middle of the body.
         cut = len(body) if n % 2 else len(body) // 2
-        threads.append(threading.Thread(target=_hang_up_raw, args=(busy, body, cut)))
+        threads.append(threading.Thread(target=hang_up_raw, args=(busy, body, cut, hung_up)))
     for t in threads:
         t.start()
     for t in threads:
@@ -155,6 +152,7 @@ def test_hang_up_before_the_response_headers(busy, idle_before):
     changed = delta(outcomes(busy), idle_before)
     assert set(changed) <= {"client_gone", "rejected"}, changed
     assert sum(changed.values()) == len(threads), changed
+    assert_aborted_in_time(busy, hung_up)
     _assert_idle_and_serving(busy)
 
 
@@ -162,17 +160,20 @@ def test_hang_up_before_the_response_headers(busy, idle_before):
 
 
 def test_hang_up_while_queued_in_the_engine(busy, idle_before):
+    hung_up: dict[str, float] = {}
+
     async def round_() -> None:
         release_blockers, release_queued = asyncio.Event(), asyncio.Event()
+        body = long_body(LONG)
         async with async_client() as client:
             blockers = [
-                asyncio.create_task(drop_after(client, busy, long_body(LONG), 1, release_blockers))
+                asyncio.create_task(drop_after(client, busy, body, 1, release_blockers, hung_up))
                 for _ in range(MAX_NUM_SEQS)
             ]
             running = await _wait_load(busy, lambda x: x.running == MAX_NUM_SEQS)
             assert running.running == MAX_NUM_SEQS, running
             queued = [
-                asyncio.create_task(drop_after(client, busy, long_body(LONG), 0, release_queued))
+                asyncio.create_task(drop_after(client, busy, body, 0, release_queued, hung_up))
                 for _ in range(MAX_IN_FLIGHT - MAX_NUM_SEQS)
             ]
             full = await _wait_load(busy, lambda x: x.waiting == len(queued))
@@ -190,6 +191,7 @@ def test_hang_up_while_queued_in_the_engine(busy, idle_before):
         assert wait_idle(busy).idle
     changed = delta(outcomes(busy), idle_before)
     assert changed == {"client_gone": ROUNDS * MAX_IN_FLIGHT}, changed
+    assert_aborted_in_time(busy, hung_up)
     _assert_idle_and_serving(busy)
 
 
@@ -199,15 +201,17 @@ def test_hang_up_while_queued_in_the_engine(busy, idle_before):
 def test_hang_up_during_prefill(busy, idle_before):
     mark = len(busy.log_text())
     rng = random.Random(4)
+    hung_up: dict[str, float] = {}
 
     async def drop_soon(client, delay: float) -> int:
         body = long_body(LONG, prompt_repeats=PREFILL_REPEATS)
-        async with client.stream(
-            "POST", f"{busy.url}/", json=body, headers={"Authorization": busy.auth}
-        ) as response:
+        rid = new_request_id()
+        headers = {"Authorization": busy.auth, "X-Request-Id": rid}
+        async with client.stream("POST", f"{busy.url}/", json=body, headers=headers) as response:
             assert response.status_code == 200
             await RawStream(response).until(0)  # admitted: the role chunk is out
             await asyncio.sleep(delay)  # somewhere in the queue or the prefill
+            hung_up[rid] = time.time()
         return 200
 
     async def round_() -> None:
@@ -219,6 +223,7 @@ def test_hang_up_during_prefill(busy, idle_before):
         asyncio.run(round_())
     changed = delta(outcomes(busy), idle_before)
     assert changed == {"client_gone": ROUNDS * MAX_IN_FLIGHT}, changed
+    assert_aborted_in_time(busy, hung_up)
     _assert_idle_and_serving(busy)
     stages = [
         json.loads(line).get("disconnect_stage")
@@ -233,17 +238,22 @@ def test_hang_up_during_prefill(busy, idle_before):
 
 def test_hang_up_mid_stream(busy, idle_before):
     mark = len(busy.log_text())
+    hung_up: dict[str, float] = {}
 
     async def round_() -> list[int]:
         async with async_client() as client:
             return await asyncio.gather(
-                *(drop_after(client, busy, long_body(LONG), 3) for _ in range(MAX_IN_FLIGHT))
+                *(
+                    drop_after(client, busy, long_body(LONG), 3, hung_up=hung_up)
+                    for _ in range(MAX_IN_FLIGHT)
+                )
             )
 
     for _ in range(ROUNDS):
         assert asyncio.run(round_()) == [200] * MAX_IN_FLIGHT
     changed = delta(outcomes(busy), idle_before)
     assert changed == {"client_gone": ROUNDS * MAX_IN_FLIGHT}, changed
+    assert_aborted_in_time(busy, hung_up)
     _assert_idle_and_serving(busy)
     log = log_since(busy, mark)
     assert log.count('"disconnect_stage": "streaming"') == ROUNDS * MAX_IN_FLIGHT
@@ -395,24 +405,13 @@ def test_two_turns_of_the_same_session_at_once_both_complete(busy, idle_before):
     assert delta(outcomes(busy), idle_before) == {"length": 2}
     # The two turns really overlapped: each started before the other ended (server clock).
     spans = [
-        (end - fields["total_ms"] / 1000, end)
-        for fields, end in _turn_lines(log_since(busy, mark))
+        (logged_at(fields) - fields["total_ms"] / 1000, logged_at(fields))
+        for fields in turn_lines(log_since(busy, mark))
         if fields.get("session_id") == session
     ]
     assert len(spans) == 2, spans
     (start_a, end_a), (start_b, end_b) = spans
     assert start_a < end_b and start_b < end_a, spans
-
-
-def _turn_lines(log: str) -> list[tuple[dict[str, Any], float]]:
-    """Turn log lines with their end time in seconds since the epoch."""
-    found = []
-    for line in log.splitlines():
-        if line.startswith("{") and '"event": "turn"' in line:
-            fields = json.loads(line)
-            end = datetime.fromisoformat(fields["time"].replace("Z", "+00:00")).timestamp()
-            found.append((fields, end))
-    return found
 
 
 # -- engine death with streams open (the server exits) ---------------------------------------
@@ -459,11 +458,7 @@ def test_engine_death_mid_stream_ends_turns_audibly_and_exits_nonzero(busy_slot,
     assert 503 in seen_health, seen_health
     assert (503, None) in seen_turns, seen_turns
     assert all(problem is None for _, problem in seen_turns), seen_turns
-    _, alive = psutil.wait_procs(family, timeout=ENGINE_EXIT_S)
-    for proc in alive:  # never leave engine processes behind, whatever the assertion says
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    assert not alive, f"engine processes outlived the server: {alive}"
+    assert_processes_gone(family)
 
 
 def _stream_problem(body: bytes) -> str | None:

@@ -10,22 +10,20 @@ the process exits 0, leaving no engine process behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import signal
 import time
 
-import psutil
 import pytest
 
-from tests.reliability_helpers import (
-    ENGINE_EXIT_S,
+from tests.wire import (
     FALLBACK,
     RawStream,
     assert_error_shape,
+    assert_processes_gone,
     async_client,
     descendants,
     long_body,
+    turn_lines,
     well_formed,
 )
 
@@ -114,19 +112,11 @@ def test_signal_drains_then_exits_zero(draining_server, sig, workers):
     assert code == 0
     turns = {
         fields["output_tokens"]: fields["outcome"]
-        for fields in map(json.loads, _turn_lines(srv.log_text()))
+        for fields in turn_lines(srv.log_text())
         if "output_tokens" in fields
     }
     assert turns.get(SHORT) == "length", turns
     assert "draining" in turns.values(), turns
     assert all(tokens < LONG for tokens, outcome in turns.items() if outcome == "draining")
 
-    _, alive = psutil.wait_procs(family, timeout=ENGINE_EXIT_S)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    assert not alive, f"engine processes outlived the server: {alive}"
-
-
-def _turn_lines(log: str) -> list[str]:
-    return [line for line in log.splitlines() if line.startswith("{") and '"event": "turn"' in line]
+    assert_processes_gone(family)

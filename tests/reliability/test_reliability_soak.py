@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.reliability_helpers import (
+from tests.wire import (
     FALLBACK,
     RawStream,
     address,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import json
 import re
 import signal
 import time
@@ -22,22 +20,26 @@ import psutil
 import pytest
 
 from benchmarks.lib.servers import free_port
-from tests.reliability_helpers import (
-    ENGINE_EXIT_S,
+from tests.wire import (
     FALLBACK,
     RawStream,
+    assert_aborted_in_time,
     assert_error_shape,
+    assert_processes_gone,
     async_client,
     delta,
     descendants,
     engine_core,
     load,
+    log_since,
     long_body,
     metric,
+    new_request_id,
     open_streams,
     outcomes,
     read_to_end,
     scrape,
+    turn_lines,
     wait_for,
     wait_idle,
     well_formed,
@@ -72,14 +74,6 @@ def idle(two):
 
 def _auth(handle) -> dict[str, str]:
     return {"Authorization": handle.auth}
-
-
-def _turn_lines(handle, offset: int = 0) -> list[dict[str, Any]]:
-    lines = []
-    for line in handle.log_text()[offset:].splitlines():
-        if line.startswith("{") and '"event": "turn"' in line:
-            lines.append(json.loads(line))
-    return lines
 
 
 def _worker_pids(handle) -> dict[int, int]:
@@ -118,8 +112,8 @@ def test_streams_are_well_formed_and_spread_over_every_worker(two, idle):
     for response in responses:
         assert response.status_code == 200, response.text
         assert well_formed(response.content).finish_reason == "length"
-    assert wait_for(lambda: len(_turn_lines(two, mark)) == 24, 10.0)
-    served = collections.Counter(line["pid"] for line in _turn_lines(two, mark))
+    assert wait_for(lambda: len(turn_lines(log_since(two, mark))) == 24, 10.0)
+    served = collections.Counter(line["pid"] for line in turn_lines(log_since(two, mark)))
     assert set(served) == set(_worker_pids(two).values()), served
     # The kernel hashes connections over the workers' sockets: even, within chance.
     assert min(served.values()) >= 4, served
@@ -157,11 +151,16 @@ def test_exemplars_survive_several_workers(two, idle):
 
 
 def test_admission_limit_is_global_and_hang_ups_abort(two, idle):
+    hung_up: dict[str, float] = {}
+
     async def scenario() -> tuple[list[int], list[httpx.Response]]:
         async with async_client() as client:
             requests = [
                 client.build_request(
-                    "POST", f"{two.url}/", json=long_body(LONG), headers=_auth(two)
+                    "POST",
+                    f"{two.url}/",
+                    json=long_body(LONG),
+                    headers={**_auth(two), "X-Request-Id": new_request_id()},
                 )
                 for _ in range(4 * MAX_IN_FLIGHT)
             ]
@@ -175,6 +174,7 @@ def test_admission_limit_is_global_and_hang_ups_abort(two, idle):
                 await stream.until(2)
             statuses = [r.status_code for r in responses]
             for r in admitted:  # every caller hangs up mid-stream
+                hung_up[r.request.headers["x-request-id"]] = time.time()
                 await r.aclose()
             return statuses, refused
 
@@ -186,6 +186,7 @@ def test_admission_limit_is_global_and_hang_ups_abort(two, idle):
         assert body["error"]["code"] == "server_overloaded"
         assert response.headers["retry-after"].isdigit()
     # The hang-ups reach the engine from whichever worker held them.
+    assert_aborted_in_time(two, hung_up)
     assert wait_idle(two).idle, load(two)
     changed = delta(outcomes(two), idle)
     assert changed == {"rejected": 3 * MAX_IN_FLIGHT, "client_gone": MAX_IN_FLIGHT}, changed
@@ -210,7 +211,7 @@ def test_engine_death_ends_every_workers_turns_audibly_and_exits_3(start_server)
     for raw in bodies:
         assert well_formed(raw).content.endswith(FALLBACK)
     assert code == 3
-    _assert_no_process_left(family)
+    assert_processes_gone(family)
 
 
 def test_a_worker_that_dies_takes_the_server_down_cleanly(start_server):
@@ -236,12 +237,4 @@ def test_a_worker_that_dies_takes_the_server_down_cleanly(start_server):
     assert code == 5, code
     assert "exited with signal 9" in log
     assert set(answers) <= {0, 200, 503}, answers
-    _assert_no_process_left(family)
-
-
-def _assert_no_process_left(family: list[psutil.Process]) -> None:
-    _, alive = psutil.wait_procs(family, timeout=ENGINE_EXIT_S)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    assert not alive, f"processes outlived the server: {alive}"
+    assert_processes_gone(family)

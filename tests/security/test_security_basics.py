@@ -28,7 +28,7 @@ import pytest
 
 from server.wire import auth as auth_module
 from server.wire.auth import Authenticator
-from tests.reliability_helpers import (
+from tests.wire import (
     address,
     descendants,
     read_response,

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerHandle
-from tests.reliability_helpers import long_body, open_streams, wait_idle
+from tests.wire import long_body, open_streams, wait_idle
 
 LONG = 1000  # tokens: the holding stream outlasts the test's few requests by far
 PARTS_1MIB = 65_000  # empty text parts, 16 bytes each: the most a 1 MiB body holds

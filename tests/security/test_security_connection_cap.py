@@ -13,7 +13,7 @@ import socket
 import httpx
 
 from tests.conftest import GUARDED
-from tests.reliability_helpers import address, read_response, wait_for
+from tests.wire import address, read_response, wait_for
 
 EXTRA = 8
 

@@ -18,7 +18,7 @@ import time
 import psutil
 import pytest
 
-from tests.reliability_helpers import address, read_response, well_formed
+from tests.wire import address, read_response, well_formed
 
 FLOOD_BYTES = 32 * 1024 * 1024  # what the attacker tries to push into one header value
 PIECE = b"a" * 65_536

@@ -16,7 +16,7 @@ import time
 import httpx
 import psutil
 
-from tests.reliability_helpers import descendants, engine_core, well_formed
+from tests.wire import assert_processes_gone, descendants, engine_core, well_formed
 
 STALL_S = 1.0
 HUNG_AFTER = 3  # exit after 3 s of busy time without a token
@@ -64,8 +64,4 @@ def test_a_hung_engine_ends_open_turns_audibly_and_exits_6(start_server, chat_bo
         assert code == 6, srv.log_text()[-3000:]
         assert took < 45.0
         assert "is hung" in srv.log_text()
-        _, alive = psutil.wait_procs(family, timeout=30.0)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        assert not alive, f"engine processes outlived the server: {alive}"
+        assert_processes_gone(family)

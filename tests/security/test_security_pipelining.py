@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from tests.conftest import ServerHandle
-from tests.reliability_helpers import address, read_response
+from tests.wire import address, read_response
 
 LIMITS = {"keep_alive_s": 3, "write_timeout_s": 2.0, "max_pipelined": 8}
 MARGIN_S = 5.0

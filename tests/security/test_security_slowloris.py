@@ -18,7 +18,7 @@ import time
 import httpx
 
 from tests.conftest import GUARDED
-from tests.reliability_helpers import address, read_response, request_head, well_formed
+from tests.wire import address, read_response, request_head, well_formed
 
 MARGIN_S = 3.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sse import SSEError, loads, parse_chat_stream, parse_events
+from tests.wire import SSEError, loads, parse_chat_stream, parse_events
 
 GOOD = (
     b'data: {"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null}]}\n\n'

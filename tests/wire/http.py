@@ -1,9 +1,10 @@
-"""Shared tools of the reliability tests (issue 4): metrics probes, raw sockets, stream drivers.
+"""Requests to a real server with more control over the wire than `Api` gives: turns that keep
+the engine busy, raw request heads, streams read in steps, dropped at a chosen moment or held
+open, and the checks every reply gets (a well-formed stream, both error shapes).
 
-The reliability tests prove behaviour under abuse, so they need more control over the wire than
-`Api` gives: requests that stop halfway, sockets that never read, dozens of streams dropped at a
-chosen moment. Everything here talks to a real server process (a `ServerHandle` from
-`tests/conftest.py`); nothing here starts or stops servers.
+Everything here talks to a running server (a `ServerHandle` from `tests/conftest.py`); nothing
+here starts or stops one. A hang-up can be recorded (`hung_up`: request id -> when the client
+let go) so that `tests/wire/logs.py` can say how soon the server aborted the turn.
 """
 
 from __future__ import annotations
@@ -11,147 +12,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+import uuid
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 
-from tests.conftest import Api, ServerHandle
-from tests.sse import ChatStream, parse_chat_stream
+from tests.wire.sse import ChatStream, parse_chat_stream
+
+if TYPE_CHECKING:
+    from tests.conftest import ServerHandle
 
 # tests/tiny.yaml: what the `qwen-plus` alias says when a turn cannot end normally.
 FALLBACK = "Sorry, could you say that again?"
-# Issue 4: engine requests of a caller who is gone are aborted, visible within two seconds on a
-# quiet machine. The tests wait for the idle engine itself, for up to IDLE_WITHIN_S, so that a
-# loaded machine cannot fail them; that is still well below how long an engine request that was
-# not aborted keeps vLLM busy (the turns these tests drop ask for thousands of tokens, and the
-# tests also check the outcome counters: `client_gone`, never a turn that ran to its length).
-IDLE_WITHIN_S = 10.0
-# How long the engine's own processes may take to go once the server has exited.
-ENGINE_EXIT_S = 30.0
 # Words the tiny tokenizer knows, so prompt sizes are predictable (a few tokens a sentence).
 STORY = "Tell me a very long story about the weather in Hangzhou. "
 # Markers of internal detail that must never reach a caller in an error body.
 LEAK_MARKERS = ("Traceback", 'File "', ".py", "site-packages", "pydantic", "Exception")
 
 
-# -- metrics -------------------------------------------------------------------------------
-
-
-_SAMPLE = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
-    """(name, labels, value) of each sample in a Prometheus text exposition.
-
-    A line-level parser on purpose: `prometheus_client.parser` walks the text a character at a
-    time, and vLLM's exposition is large; under load that starved the tests' event loop.
-    """
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if match:
-            name, labels, value = match.groups()
-            yield name, dict(_LABEL.findall(labels or "")), float(value)
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples called `name` whose labels include `labels`."""
-    return sum(
-        value
-        for sample, found, value in samples(text)
-        if sample == name and all(found.get(k) == v for k, v in labels.items())
-    )
-
-
-def scrape(handle: ServerHandle) -> str:
-    response = httpx.get(handle.metrics_url, headers={"Authorization": handle.auth}, timeout=30.0)
-    assert response.status_code == 200, response.text
-    return response.text
-
-
-async def scrape_async(handle: ServerHandle, client: httpx.AsyncClient) -> str:
-    """`scrape` for code running on an event loop: no thread, so no fight for the GIL."""
-    response = await client.get(handle.metrics_url, headers={"Authorization": handle.auth})
-    assert response.status_code == 200, response.text
-    return response.text
-
-
-@dataclass(frozen=True)
-class Load:
-    """What the engine and the gateway are holding right now."""
-
-    running: float  # vllm:num_requests_running
-    waiting: float  # vllm:num_requests_waiting
-    in_flight: float  # callgate_requests_in_flight
-
-    @property
-    def idle(self) -> bool:
-        return self.running == 0 and self.waiting == 0 and self.in_flight == 0
-
-
-def _load(text: str) -> Load:
-    return Load(
-        metric(text, "vllm:num_requests_running"),
-        metric(text, "vllm:num_requests_waiting"),
-        metric(text, "callgate_requests_in_flight"),
-    )
-
-
-def load(handle: ServerHandle) -> Load:
-    return _load(scrape(handle))
-
-
-async def load_async(handle: ServerHandle, client: httpx.AsyncClient) -> Load:
-    return _load(await scrape_async(handle, client))
-
-
-def outcomes(handle: ServerHandle) -> dict[str, float]:
-    """`callgate_requests_total` by outcome, summed over models."""
-    counts: dict[str, float] = {}
-    for name, labels, value in samples(scrape(handle)):
-        if name == "callgate_requests_total":
-            counts[labels["outcome"]] = counts.get(labels["outcome"], 0.0) + value
-    return counts
-
-
-def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    """Outcomes that changed between two `outcomes()` readings."""
-    keys = set(after) | set(before)
-    changed = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in keys}
-    return {k: v for k, v in changed.items() if v}
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll `predicate` until it holds or `timeout_s` passes; returns whether it held."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval_s)
-
-
-def wait_idle(handle: ServerHandle, within_s: float = IDLE_WITHIN_S) -> Load:
-    """The load once idle, or the last reading after `within_s` (assert `.idle` on it)."""
-    last = load(handle)
-    deadline = time.monotonic() + within_s
-    while not last.idle and time.monotonic() < deadline:
-        time.sleep(0.1)
-        last = load(handle)
-    return last
-
-
-# -- requests ------------------------------------------------------------------------------
+# -- bodies and replies ----------------------------------------------------------------------
 
 
 def long_body(max_tokens: int, *, prompt_repeats: int = 1, **extra: Any) -> dict[str, Any]:
@@ -178,14 +60,34 @@ def well_formed(body: bytes) -> ChatStream:
     return stream
 
 
+def assert_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    """Assert `status` and the error body with both shapes (OpenAI and DashScope)."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()
+    error = body["error"]
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str) and error["type"]
+    assert "code" in error
+    assert body["code"] not in (None, "")
+    assert isinstance(body["message"], str) and body["message"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
 def assert_error_shape(response: httpx.Response, status: int | None = None) -> dict[str, Any]:
     """Both error shapes, a request id, and nothing internal in the text."""
     if status is not None:
         assert response.status_code == status, (response.status_code, response.text[:500])
-    body = Api.assert_error(response, response.status_code)
+    body = assert_error(response, response.status_code)
     for marker in LEAK_MARKERS:
         assert marker not in response.text, f"{marker!r} leaked into {response.text[:500]!r}"
     return body
+
+
+def new_request_id() -> str:
+    """A request id the server honours (sent as `X-Request-Id`), to find the turn in its log."""
+    return uuid.uuid4().hex
 
 
 # -- raw sockets ---------------------------------------------------------------------------
@@ -257,7 +159,24 @@ def response_json(raw: bytes) -> Any:
     return json.loads(raw.partition(b"\r\n\r\n")[2])
 
 
-# -- many streams at once --------------------------------------------------------------------
+def hang_up_raw(
+    handle: ServerHandle,
+    body: bytes,
+    send_body_bytes: int | None = None,
+    hung_up: dict[str, float] | None = None,
+) -> None:
+    """Send a request (the first `send_body_bytes` of its body) and close the socket before a
+    byte of the answer is read."""
+    rid = new_request_id()
+    head = request_head(handle, auth=handle.auth, length=len(body), extra=[("X-Request-Id", rid)])
+    with socket.create_connection(address(handle)) as sock:
+        sock.sendall(head)
+        sock.sendall(body[:send_body_bytes])
+        if hung_up is not None:
+            hung_up[rid] = time.time()
+
+
+# -- streams -------------------------------------------------------------------------------
 
 
 class RawStream:
@@ -352,15 +271,17 @@ async def drop_after(
     body: dict[str, Any],
     content_chunks: int,
     hold: asyncio.Event | None = None,
+    hung_up: dict[str, float] | None = None,
 ) -> int:
-    """Open a stream, read until `content_chunks` chunks came, then hang up.
+    """Open a stream, read until `content_chunks` chunks came (0: the role chunk), then hang up.
 
-    With `hold`, the caller keeps reading until the event is set, then hangs up. Returns the
-    status code; a stream that ends before the drop point is a test error.
+    With `hold`, the caller keeps reading until the event is set, then hangs up. With `hung_up`,
+    the moment of the hang-up is recorded under the request's id. Returns the status code; a
+    stream that ends before the drop point is a test error.
     """
-    async with client.stream(
-        "POST", f"{handle.url}/", json=body, headers={"Authorization": handle.auth}
-    ) as response:
+    rid = new_request_id()
+    headers = {"Authorization": handle.auth, "X-Request-Id": rid}
+    async with client.stream("POST", f"{handle.url}/", json=body, headers=headers) as response:
         if response.status_code != 200:
             await response.aread()
             return response.status_code
@@ -375,30 +296,6 @@ async def drop_after(
             with contextlib.suppress(asyncio.CancelledError):
                 await listening
         del stream
+        if hung_up is not None:
+            hung_up[rid] = time.time()
     return 200  # leaving the block closes the connection with the body unread
-
-
-# -- processes -----------------------------------------------------------------------------
-
-
-def descendants(handle: ServerHandle) -> list[psutil.Process]:
-    return psutil.Process(handle.proc.pid).children(recursive=True)
-
-
-def engine_core(handle: ServerHandle) -> psutil.Process:
-    """vLLM's engine core: the server's child process named `VLLM::EngineCore`."""
-    cores = [p for p in descendants(handle) if "EngineCore" in _name(p)]
-    assert len(cores) == 1, [(p.pid, _name(p)) for p in descendants(handle)]
-    return cores[0]
-
-
-def _name(proc: psutil.Process) -> str:
-    try:
-        return proc.name() + " " + " ".join(proc.cmdline()[:1])
-    except psutil.Error:
-        return ""
-
-
-def log_since(handle: ServerHandle, offset: int) -> str:
-    """The server log from byte `offset` on (take `len(handle.log_text())` as a mark)."""
-    return handle.log_text()[offset:]
