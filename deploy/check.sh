@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks of everything under deploy/, docker-compose.yml and configs/gpu.yaml, runnable without
-# a Docker engine, a GPU or a cluster. The checks live in tests/tools/test_deploy.py and this
-# script runs exactly that file, as `make test` and CI do, with every tool required (a missing
+# a Docker engine, a GPU or a cluster. The checks live in tests/tools/deploy/ and this
+# script runs exactly that folder, as `make test` and CI do, with every tool required (a missing
 # docker-compose, promtool, caddy or kubectl fails instead of skipping; CI installs them). Among
 # them: compose resolves for the default and the https profile and publishes nothing but Caddy
 # beyond the host's loopback, Caddy passes only the protocol's POSTs, `kubectl kustomize` builds
@@ -24,7 +24,7 @@ if [[ "${1:-}" == "sync-configmap" ]]; then
     out=deploy/k8s/configmap.yaml
     {
         echo "# Generated from configs/gpu.yaml by \`deploy/check.sh sync-configmap\`: edit that file,"
-        echo "# then run the command. tests/tools/test_deploy.py fails when the two differ."
+        echo "# then run the command. tests/tools/deploy/ fails when the two differ."
         echo "apiVersion: v1"
         echo "kind: ConfigMap"
         echo "metadata:"
@@ -43,4 +43,4 @@ fi
 
 python="${PYTHON:-$root/.venv/bin/python}"
 [[ -x "$python" ]] || python=python3
-CALLGATE_REQUIRE_DEPLOY_TOOLS=1 exec "$python" -m pytest -q tests/tools/test_deploy.py "$@"
+CALLGATE_REQUIRE_DEPLOY_TOOLS=1 exec "$python" -m pytest -q tests/tools/deploy "$@"
