@@ -31,10 +31,10 @@ from server.engine.api import Engine
 from server.serving.admission import Admission
 from server.serving.metrics import Metrics
 from server.serving.switchboard import Switchboard
+from server.serving.turn_log import log_refusal
 from server.text.tokenizer import ChatTokenizer
 
 log = logging.getLogger("callgate")
-turns = logging.getLogger("callgate.turn")  # the per-turn log lines, refusals included
 
 EngineFactory = Callable[[Settings, Adapters], Awaitable[Engine]]
 WATCH_INTERVAL_S = 0.5
@@ -162,18 +162,7 @@ class Runtime:
         """Count and log a request refused before it became a turn."""
         alias = self.settings.models.alias_for(model)
         self.metrics.requests.labels(alias, err.outcome).inc()
-        fields = {
-            "event": "turn",
-            "request_id": request_id,
-            "session_id": session,
-            "model": model,
-            "alias": alias,
-            "outcome": err.outcome,
-            "status": err.status,
-            "error": err.message,
-            "total_ms": round((time.perf_counter() - arrival) * 1000, 1),
-        }
-        turns.info("turn %s %s", request_id, err.outcome, extra={"turn": fields})
+        log_refusal(err, request_id, session, model, alias, time.perf_counter() - arrival)
 
     # -- health ------------------------------------------------------------------------------
 

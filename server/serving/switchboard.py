@@ -14,27 +14,25 @@ by the runtime (`Runtime.refused`), which also owns draining.
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from server.base.errors import EngineUnavailable, Overloaded, retry_after
-from server.base.outcomes import Outcome
 from server.base.settings import Settings
 from server.engine.api import Engine
 from server.serving.admission import Admission
 from server.serving.metrics import Metrics
 from server.serving.progress import Progress
 from server.serving.turn import Turn, TurnPlan
+from server.serving.turn_log import log_turn
 from server.text.prompt import PromptBuilder, SystemPrompts, assemble
 from server.text.sampling import sampling_kwargs
 from server.text.tokenizer import ChatTokenizer
 from server.wire.chunks import ChunkRenderer
 from server.wire.schemas import ChatRequest, parse_request
 
-log = logging.getLogger("callgate.turn")
 _T = TypeVar("_T")
 
 THINK_TOKENS = ("<think>", "</think>")
@@ -200,33 +198,7 @@ class Switchboard:
             itl = m.itl.labels(alias)
             for gap in rec.gaps:
                 itl.observe(gap)
-        fields: dict[str, Any] = {
-            "event": "turn",
-            "request_id": plan.request_id,
-            "session_id": plan.request.session_id,
-            "out_id": plan.request.out_id,
-            "model": plan.request.model,
-            "alias": alias,
-            "outcome": rec.outcome,
-            "prompt_tokens": len(plan.token_ids),
-            "cached_tokens": rec.cached_tokens,
-            "output_tokens": rec.output_tokens,
-            "dropped_turns": plan.dropped_turns,
-            "ttft_ms": None if rec.ttft is None else round(rec.ttft * 1000, 1),
-            "total_ms": round(e2e * 1000, 1),
-            "stream": plan.request.stream,
-        }
-        if turn.speech is not None:
-            # Which prompts make the model write for a screen: characters kept from the voice.
-            fields["speech_filtered"] = turn.speech.filtered
-        if rec.outcome == Outcome.CLIENT_GONE:
-            fields["disconnect_stage"] = rec.stage
-        if rec.error:
-            fields["error"] = rec.error
-        if self.settings.server.log_content:
-            fields["messages"] = [m.model_dump() for m in plan.request.messages]
-            fields["biz_params"] = plan.request.biz_params
-        log.info("turn %s %s", plan.request_id, rec.outcome, extra={"turn": fields})
+        log_turn(turn, e2e, self.settings.server.log_content)
 
     # -- health ------------------------------------------------------------------------------
 

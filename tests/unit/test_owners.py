@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from server.app.routes import create_app
 from server.base import errors
+from server.base.logs import JsonFormatter, TextFormatter
 from server.base.outcomes import Outcome
 from server.base.settings import ModelsSettings, Settings
 from server.engine.adapters import Adapters
@@ -215,3 +216,56 @@ turn.interrupt("draining")
 rec.outcome = Outcome.STOP
 """
     assert _outcome_written_as_a_string(ast.parse(source)) == [2, 3, 4, 5]
+
+
+# -- the log line's fields: server.serving.turn_log ---------------------------------------------
+
+HEAD = ["time", "level", "logger", "pid", "message", "event", "request_id", "session_id"]
+
+
+def test_served_and_refused_requests_log_one_line_each_in_the_one_shape(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"model": "qwen-max", "session_id": "call-1", "out_id": "o-1", "messages": MESSAGES}
+
+    async def scenario(engine: ScriptedEngine, rid: str) -> None:
+        async with _serve(_settings(tiny_model_dir), engine) as (client, _):
+            await client.post("/", json=body, headers={**HEADERS, "X-Request-Id": rid})
+
+    with caplog.at_level(logging.INFO, logger="callgate.turn"):
+        asyncio.run(scenario(ScriptedEngine(["Yes."]), "served"))
+        asyncio.run(scenario(ScriptedEngine(refuse="top_k must be -1 or positive"), "refused"))
+    served, refused = (r for r in caplog.records if r.name == "callgate.turn")
+
+    line = json.loads(JsonFormatter().format(served))
+    assert list(line) == [
+        *HEAD, "out_id", "model", "alias", "outcome", "prompt_tokens", "cached_tokens",
+        "output_tokens", "dropped_turns", "ttft_ms", "total_ms", "stream",
+    ]  # fmt: skip
+    assert line["message"] == "turn served stop"
+    assert (line["session_id"], line["out_id"], line["model"], line["alias"]) == (
+        "call-1", "o-1", "qwen-max", "qwen-max",
+    )  # fmt: skip
+    assert (line["outcome"], line["output_tokens"], line["stream"]) == ("stop", 1, False)
+    assert isinstance(line["ttft_ms"], float) and line["total_ms"] >= line["ttft_ms"]
+
+    line = json.loads(JsonFormatter().format(refused))
+    assert list(line) == [
+        *HEAD, "model", "alias", "outcome", "status", "error", "total_ms",
+    ]  # fmt: skip
+    assert line["message"] == "turn refused invalid"
+    assert (line["model"], line["alias"], line["outcome"], line["status"]) == (
+        "qwen-max", "qwen-max", "invalid", 400,
+    )  # fmt: skip
+    assert line["error"] == "top_k must be -1 or positive"
+    text = TextFormatter().format(refused)
+    assert text.endswith(
+        "turn refused invalid request_id=refused session_id=call-1 model=qwen-max "
+        'alias=qwen-max outcome=invalid status=400 error="top_k must be -1 or positive" '
+        f"total_ms={line['total_ms']}"
+    )
+
+
+def test_the_log_lines_fields_are_named_in_one_module() -> None:
+    for name in ("total_ms", "ttft_ms", "dropped_turns", "disconnect_stage", "speech_filtered"):
+        assert _written_in(name) == {"server/serving/turn_log.py"}, name
