@@ -23,7 +23,7 @@ from server.base.errors import CallgateError, PayloadTooLarge, error_body
 from server.serving.turn import Turn
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# After turn_s: how long the turn's interrupt gets to end it with the fallback ending.
+# After the turn's deadline: how long its interrupt gets to end it with the fallback ending.
 TURN_GRACE_S = 2.0
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -63,13 +63,12 @@ class _TurnResponse:
     """Shared by both stream classes: a hard cut after the turn's deadline, then account."""
 
     turn: Turn
-    turn_s: float
 
     async def _serve(self, parent_call: Any, scope: Scope, receive: Receive, send: Send) -> None:
-        # At turn_s the turn interrupts itself and a caller who is still reading hears the
-        # fallback ending. One who stopped reading cannot take it: cut TURN_GRACE_S later.
+        # At its deadline the turn interrupts itself and a caller who is still reading hears
+        # the fallback ending. One who stopped reading cannot take it: cut TURN_GRACE_S later.
         try:
-            with anyio.move_on_after(self.turn_s + TURN_GRACE_S) as cut:
+            with anyio.move_on_after(self.turn.seconds_left() + TURN_GRACE_S) as cut:
                 await parent_call(scope, receive, send)
             if cut.cancelled_caught:
                 self.turn.cut_off()
@@ -82,10 +81,10 @@ class _TurnResponse:
 class SseStream(_TurnResponse, EventSourceResponse):
     """The reply through sse-starlette, which can add keep-alive pings (`server.sse_ping_s`)."""
 
-    def __init__(self, turn: Turn, *, turn_s: float, ping_s: float, headers: dict[str, str]):
+    def __init__(self, turn: Turn, *, ping_s: float, headers: dict[str, str]):
         # sep="\n": keep-alive comments use the same bare line ends as the chunks.
         super().__init__(turn.sse(), headers={**SSE_HEADERS, **headers}, ping=ping_s, sep="\n")
-        self.turn, self.turn_s = turn, turn_s
+        self.turn = turn
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._serve(super().__call__, scope, receive, send)
@@ -95,11 +94,11 @@ class PlainStream(_TurnResponse, StreamingResponse):
     """The reply through Starlette's StreamingResponse: the default, measured leaner per token
     than sse-starlette (which wraps every send in a timeout scope); see benchmarks/sse_ab.py."""
 
-    def __init__(self, turn: Turn, *, turn_s: float, ping_s: float, headers: dict[str, str]):
+    def __init__(self, turn: Turn, *, ping_s: float, headers: dict[str, str]):
         super().__init__(
             turn.sse(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
         )
-        self.turn, self.turn_s = turn, turn_s
+        self.turn = turn
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Starlette only listens for http.disconnect below ASGI spec 2.4; above, it learns of a
@@ -115,9 +114,9 @@ class Completion(Response):
     once (nothing is sent until the end, so only `http.disconnect` can say so): the turn is
     cancelled and aborts the engine request."""
 
-    def __init__(self, turn: Turn, *, turn_s: float, headers: dict[str, str]) -> None:
+    def __init__(self, turn: Turn, *, headers: dict[str, str]) -> None:
         super().__init__(media_type="application/json", headers=headers)
-        self.turn, self.turn_s, self.extra_headers = turn, turn_s, headers
+        self.turn, self.extra_headers = turn, headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body: bytes | None = None
@@ -133,9 +132,9 @@ class Completion(Response):
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch, tg.cancel_scope)
-                # At turn_s the turn interrupts itself and ends with what it said so far and
-                # the fallback; the cut is for an engine that does not stop even then.
-                with anyio.move_on_after(self.turn_s + TURN_GRACE_S):
+                # At its deadline the turn interrupts itself and ends with what it said so far
+                # and the fallback; the cut is for an engine that does not stop even then.
+                with anyio.move_on_after(self.turn.seconds_left() + TURN_GRACE_S):
                     body = await self.turn.completion()
                 tg.cancel_scope.cancel()
             if body is None and not gone:

@@ -155,11 +155,8 @@ def _routes(app: FastAPI, settings: Settings) -> None:
         turn = board.start(plan)
         headers = {"X-Request-Id": rid}
         if req.stream:
-            return stream_class(
-                turn, turn_s=settings.deadlines.turn_s, ping_s=settings.server.sse_ping_s,
-                headers=headers,
-            )  # fmt: skip
-        return Completion(turn, turn_s=settings.deadlines.turn_s, headers=headers)
+            return stream_class(turn, ping_s=settings.server.sse_ping_s, headers=headers)
+        return Completion(turn, headers=headers)
 
     for path in CHAT_PATHS:
         app.add_api_route(

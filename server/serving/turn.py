@@ -111,6 +111,9 @@ class Turn:
         self._progress = progress
         self._abort_task: asyncio.Task[None] | None = None
         self.record = TurnRecord()
+        # perf_counter time of the turn's deadline: `interrupt(DEADLINE)`, and the responses'
+        # cut `TURN_GRACE_S` later (`seconds_left`).
+        self.deadline = plan.arrival + plan.turn_s
         self.finish_reason = "stop"
         self._interrupt: Outcome | None = None
         self._finished = False
@@ -130,9 +133,7 @@ class Turn:
         stream = self._filtered(deltas) if self._filters else deltas
         done = False
         loop = asyncio.get_running_loop()
-        deadline = loop.call_at(
-            _loop_time_at(plan.arrival + plan.turn_s), self.interrupt, Outcome.DEADLINE
-        )
+        deadline = loop.call_at(_loop_time_at(self.deadline), self.interrupt, Outcome.DEADLINE)
         try:
             try:
                 async with asyncio.timeout_at(_loop_time_at(plan.arrival + plan.first_token_s)):
@@ -288,6 +289,10 @@ class Turn:
         self._metrics.observe_ttft(self.plan.alias, ttft, self.plan.request.session_id)
 
     # -- control -----------------------------------------------------------------------------
+
+    def seconds_left(self) -> float:
+        """Until the turn's deadline (`turn_s` after arrival); negative once it has passed."""
+        return self.deadline - time.perf_counter()
 
     def interrupt(self, reason: Outcome) -> None:
         """End the turn early with the fallback ending: its deadline (`deadline`), a drain that

@@ -11,6 +11,7 @@ import ast
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from server.app.responses import TURN_GRACE_S, Completion, PlainStream
 from server.app.routes import create_app
 from server.base import errors
 from server.base.logs import JsonFormatter, TextFormatter
@@ -28,7 +30,7 @@ from server.base.settings import ModelsSettings, Settings
 from server.engine.adapters import Adapters
 from server.serving.lifecycle import Runtime
 from server.serving.metrics import Metrics
-from tests.scripted_engine import FALLBACK, ScriptedEngine
+from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, scripted_turn
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
 AUTH = "test-code-0123456789"
@@ -269,3 +271,59 @@ def test_served_and_refused_requests_log_one_line_each_in_the_one_shape(
 def test_the_log_lines_fields_are_named_in_one_module() -> None:
     for name in ("total_ms", "ttft_ms", "dropped_turns", "disconnect_stage", "speech_filtered"):
         assert _written_in(name) == {"server/serving/turn_log.py"}, name
+
+
+# -- turn_s: the turn's own deadline (TurnPlan.turn_s -> Turn.deadline) ------------------------
+
+
+def _used_in(name: str) -> set[str]:
+    """The modules of server/ that read an attribute `name` or pass a keyword `name`."""
+    found = set()
+    for path in SERVER.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr == name) or (
+                isinstance(node, ast.keyword) and node.arg == name
+            ):
+                found.add(str(path.relative_to(SERVER.parent)))
+    return found
+
+
+def test_turn_s_goes_from_the_settings_to_the_plan_to_the_turn_only() -> None:
+    assert _used_in("turn_s") == {"server/serving/switchboard.py", "server/serving/turn.py"}
+
+
+@pytest.mark.parametrize("response", [Completion, PlainStream])
+def test_the_response_cuts_a_turn_that_will_not_end_after_its_own_deadline(
+    response: type[Completion | PlainStream],
+) -> None:
+    # An engine that ignores the deadline's abort: only the response's cut ends the turn, at
+    # the turn's deadline (turn_s after arrival) plus the grace, whatever the settings say.
+    engine = ScriptedEngine(script=["Hold on", STALL], hung=True)
+    turn = scripted_turn(engine, turn_s=0.05)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # a caller who stays
+        return {}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    kwargs: dict[str, Any] = {"headers": {}}
+    if response is PlainStream:
+        kwargs["ping_s"] = 0
+    asgi = response(turn, **kwargs)
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}}
+
+    async def run() -> float:
+        start = time.perf_counter()
+        await asyncio.wait_for(asgi(scope, receive, send), 30)  # bounds a broken test only
+        return time.perf_counter() - start
+
+    took = asyncio.run(run())
+    assert TURN_GRACE_S <= took < TURN_GRACE_S + 5
+    assert engine.aborts and turn.record.outcome == "deadline"
+    body = b"".join(m.get("body", b"") for m in sent)
+    assert b"Hold on" in body
+    if response is Completion:
+        assert json.loads(body)["choices"][0]["message"]["content"] == "Hold on " + FALLBACK

@@ -189,7 +189,7 @@ def test_stream_false_hang_up_aborts_the_engine(tiny_model_dir: Path) -> None:
             async def send(message: dict[str, Any]) -> None:
                 raise AssertionError("nothing is sent to a caller who left")
 
-            call = asyncio.create_task(Completion(turn, turn_s=60.0, headers={})({}, receive, send))
+            call = asyncio.create_task(Completion(turn, headers={})({}, receive, send))
             await _until(lambda: bool(engine.requests))
             gone.set()
             await call
