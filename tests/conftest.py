@@ -10,8 +10,9 @@ that can share one server uses the session `server`; tests that need other setti
 draining) holds it in a `ServerSlot`, so that no test depends on running last.
 
 Checkpoints with Qwen's real vocabulary and chat templates (`benchmarks/lib/qwen_checkpoint.py`)
-are `qwen_model_dir` (Qwen2.5) and `qwen3_model_dir` (Qwen3, for thinking); tests start their
-own servers on them with `launch_server`.
+are `qwen_model_dir` (Qwen2.5) and `qwen3_model_dir` (Qwen3, for thinking), for the unit tier's
+tokenizer tests and the model tier, whose servers on them are in `tests/models/conftest.py`.
+What a test uses to talk to a server and judge the reply is `tests/wire/`.
 
 Public fixtures: `tiny_model_dir`, `qwen_model_dir`, `qwen3_model_dir`, `start_server`,
 `server`, `guarded_server`, `api`, `make_api`, `chat_body`.

@@ -9,33 +9,12 @@ after `</think>` is checked with scripted deltas in `tests/unit/test_thinking.py
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from benchmarks.lib.qwen_checkpoint import prompt_token_counts
-from tests.conftest import Api, launch_server
 
 FALLBACK = "Sorry, could you say that again?"  # the qwen-plus alias in tests/tiny.yaml
 SYSTEM = "You are a phone agent. The caller is in Hangzhou."
-
-
-@pytest.fixture(scope="module")
-def thinking_api(
-    qwen3_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, make_api: Any
-) -> Iterator[Api]:
-    env = {"CALLGATE_SAMPLING__ENABLE_THINKING": "true"}
-    with launch_server(qwen3_model_dir, tmp_path_factory.mktemp("server-logs"), env=env) as h:
-        yield make_api(h)
-
-
-@pytest.fixture(scope="module")
-def hf(qwen3_model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(qwen3_model_dir))
 
 
 def _body(chat_body: Any, **overrides: Any) -> dict[str, Any]:
@@ -49,7 +28,7 @@ def _body(chat_body: Any, **overrides: Any) -> dict[str, Any]:
     )
 
 
-def test_the_reasoning_is_never_streamed_to_the_caller(thinking_api, hf, chat_body):
+def test_the_reasoning_is_never_streamed_to_the_caller(thinking_api, qwen3_hf, chat_body):
     _, stream = thinking_api.stream(_body(chat_body, stream_options={"include_usage": True}))
     assert stream.content == FALLBACK
     assert "<think>" not in stream.content
@@ -57,7 +36,7 @@ def test_the_reasoning_is_never_streamed_to_the_caller(thinking_api, hf, chat_bo
     usage = stream.usage
     assert usage is not None and usage["completion_tokens"] == 12  # the reasoning's tokens
     messages = [{"role": "system", "content": SYSTEM}, *_body(chat_body)["messages"]]
-    on, _ = prompt_token_counts(hf, messages, enable_thinking=True)
+    on, _ = prompt_token_counts(qwen3_hf, messages, enable_thinking=True)
     assert usage["prompt_tokens"] == on  # no empty think block with thinking on
 
 

@@ -13,9 +13,6 @@ The tiny random checkpoint (the rest of the suite) never ends a turn by itself; 
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,17 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.lib.servers import free_port, run_to_exit
 from server.engine.embedded import EMBEDDED_NAME, ensure_embedded
-from tests.conftest import AUTH_CODE, REPO_ROOT, ServerHandle, launch_server
+from tests.conftest import REPO_ROOT, ServerHandle, launch_server, server_side
 from tests.wire import parse_chat_stream
 
 REAL_CONFIG = Path(__file__).resolve().parent / "real.yaml"
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # closed again when the block ends
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +42,7 @@ def first_run(
     env = {
         "CALLGATE_CACHE_DIR": str(embedded_cache),
         "HF_HOME": str(tmp_path_factory.mktemp("empty-hf-home")),
-        "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
         # conftest sets these for the tiny checkpoint; a first run on a fresh machine has none.
         "HF_HUB_OFFLINE": "",
         "TRANSFORMERS_OFFLINE": "",
@@ -182,25 +174,20 @@ def test_a_model_that_cannot_be_loaded_ends_in_one_line(tmp_path: Path) -> None:
     """`MODEL=no/such-model make run`: one line naming the model and the cause, exit 4, in
     seconds (nothing heavy is imported before the check)."""
     env = {
-        "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
         "HF_HOME": str(tmp_path / "hf"),
-        "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
-        "CALLGATE_AUTH_CODES": AUTH_CODE,
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        # The harness turns the hub off for the tiny checkpoint; a fresh machine has it on.
+        "HF_HUB_OFFLINE": "",
+        "TRANSFORMERS_OFFLINE": "",
     }
     for model, cause in [
         ("no/such-model", "unreachable"),
         ("/no/such/dir", "no such directory"),
         (str(REPO_ROOT / "configs"), "no config.json"),
     ]:
-        done = subprocess.run(
-            [sys.executable, "-m", "server", "--config", "configs/cpu.yaml", "--model", model],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        side = server_side(model, env=env, config=REPO_ROOT / "configs" / "cpu.yaml")
+        done = run_to_exit(side, timeout_s=60)
         assert done.returncode == 4, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1, done.stderr

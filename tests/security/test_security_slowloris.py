@@ -18,21 +18,30 @@ import time
 import httpx
 
 from tests.conftest import GUARDED
-from tests.wire import address, read_response, request_head, well_formed
+from tests.wire import (
+    address,
+    delta,
+    outcomes,
+    read_response,
+    request_head,
+    wait_for,
+    well_formed,
+)
 
 MARGIN_S = 3.0
 
 
 def _trickle(
     sock: socket.socket, data: bytes, every_s: float, give_up_s: float
-) -> tuple[float, bytes]:
-    """Send `data` a byte every `every_s` until the server answers or closes; (seconds, answer)."""
+) -> tuple[float, bytes, bool]:
+    """Send `data` a byte every `every_s` until the server closes the connection or `give_up_s`
+    passes: (seconds, what the server sent, whether it closed the connection)."""
     started = time.monotonic()
     sock.setblocking(False)
     answer = b""
     for i in range(10**6):
         if time.monotonic() - started > give_up_s:
-            break
+            return time.monotonic() - started, answer, False
         readable, _, _ = select.select([sock], [], [], every_s)
         if readable:
             try:
@@ -47,13 +56,13 @@ def _trickle(
             sock.send(data[i % len(data) : i % len(data) + 1])
         except OSError:
             break
-    return time.monotonic() - started, answer
+    return time.monotonic() - started, answer, True
 
 
 def test_a_head_sent_a_byte_at_a_time_is_closed_at_the_head_deadline(guarded_server):
     with socket.create_connection(address(guarded_server)) as sock:
-        took, answer = _trickle(sock, b"POST / HTTP/1.1\r\nX-Slow: ", 0.3, 20.0)
-    assert took < GUARDED["head_timeout_s"] + MARGIN_S
+        took, answer, closed = _trickle(sock, b"POST / HTTP/1.1\r\nX-Slow: ", 0.3, 20.0)
+    assert closed and took < GUARDED["head_timeout_s"] + MARGIN_S
     assert answer.startswith(b"HTTP/1.1 408 ")
 
 
@@ -68,10 +77,17 @@ def test_a_connection_that_sends_nothing_is_closed_at_the_head_deadline(guarded_
 
 
 def test_a_body_sent_a_byte_at_a_time_is_closed_at_the_body_deadline(guarded_server):
+    before = outcomes(guarded_server)
     with socket.create_connection(address(guarded_server)) as sock:
         sock.sendall(request_head(guarded_server, auth=guarded_server.auth, length=10_000))
-        took, _ = _trickle(sock, b'{"messages": [', 0.3, 20.0)
-    assert took < GUARDED["body_timeout_s"] + MARGIN_S
+        took, answer, closed = _trickle(sock, b'{"messages": [', 0.3, 20.0)
+    # Closed by the server, without an answer (SECURITY.md: nobody is left to answer), at the
+    # body deadline: not before it (the trickle kept the body moving), not long after.
+    assert closed, f"still open after {took:.1f} s"
+    assert answer == b"", answer[:200]
+    assert GUARDED["body_timeout_s"] - 0.5 < took < GUARDED["body_timeout_s"] + MARGIN_S, took
+    # The turn counts as a hang-up.
+    assert wait_for(lambda: delta(outcomes(guarded_server), before) == {"client_gone": 1}, 10.0)
 
 
 def test_a_kept_alive_connection_gets_a_new_head_deadline_per_request(guarded_server):

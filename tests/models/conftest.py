@@ -1,0 +1,71 @@
+"""Fixtures of the model tier: callgate servers on the checkpoints with Qwen's real tokenizers and
+chat templates, and Hugging Face's own tokenizers of those checkpoints, with which the tests
+count prompts independently of the server.
+
+The checkpoints themselves (`qwen_model_dir`, `qwen3_model_dir`) are in `tests/conftest.py`:
+the unit tier's tokenizer tests use them too, and a session builds each once. Each server here
+is its module's own, started on first use by the harness (`launch_server`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Api, ServerHandle, launch_server
+
+
+@pytest.fixture(scope="module")
+def qwen_api(
+    qwen_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    make_api: Callable[[ServerHandle], Api],
+) -> Iterator[Api]:
+    """A server on the Qwen2.5 checkpoint, `tests/tiny.yaml` settings."""
+    with launch_server(qwen_model_dir, tmp_path_factory.mktemp("server-logs")) as handle:
+        yield make_api(handle)
+
+
+@pytest.fixture(scope="module")
+def qwen3_api(
+    qwen3_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    make_api: Callable[[ServerHandle], Api],
+) -> Iterator[Api]:
+    """A server on the Qwen3 checkpoint with thinking off (the default)."""
+    with launch_server(qwen3_model_dir, tmp_path_factory.mktemp("server-logs")) as handle:
+        yield make_api(handle)
+
+
+@pytest.fixture(scope="module")
+def thinking_api(
+    qwen3_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    make_api: Callable[[ServerHandle], Api],
+) -> Iterator[Api]:
+    """A server on the Qwen3 checkpoint with `sampling.enable_thinking: true`."""
+    env = {"CALLGATE_SAMPLING__ENABLE_THINKING": "true"}
+    log_dir = tmp_path_factory.mktemp("server-logs")
+    with launch_server(qwen3_model_dir, log_dir, env=env) as handle:
+        yield make_api(handle)
+
+
+def _hf_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer  # seconds to import: only where it is used
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+@pytest.fixture(scope="module")
+def qwen_hf(qwen_model_dir: Path) -> Any:
+    """Hugging Face's tokenizer of the Qwen2.5 checkpoint."""
+    return _hf_tokenizer(qwen_model_dir)
+
+
+@pytest.fixture(scope="module")
+def qwen3_hf(qwen3_model_dir: Path) -> Any:
+    """Hugging Face's tokenizer of the Qwen3 checkpoint."""
+    return _hf_tokenizer(qwen3_model_dir)
