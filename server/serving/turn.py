@@ -96,6 +96,9 @@ class TurnRecord:
 
 
 class Turn:
+    """One admitted call: `sse()` or `completion()` renders `texts()`, the turn's story;
+    `interrupt` ends it early, `finish` accounts for it once."""
+
     def __init__(
         self,
         plan: TurnPlan,
@@ -122,60 +125,105 @@ class Turn:
         self._filters: list[TextFilter] = [f for f in (self._thinking, self.speech) if f]
         self._said: list[str] = []  # `stream: false`: the reply so far
         self._heard = False  # text of the reply has been given to the caller
+        self._engine_done = False  # the engine's stream has ended: nothing to abort
 
     # -- the state machine -------------------------------------------------------------------
 
     async def texts(self) -> AsyncIterator[str]:
-        """Non-empty text pieces of the reply; sets `finish_reason` and the outcome."""
-        plan, rec = self.plan, self.record
-        rec.stage = "before_first_token"
-        deltas = self._engine.generate(plan.engine_id, plan.token_ids, plan.sampling, plan.adapter)
-        stream = self._filtered(deltas) if self._filters else deltas
-        done = False
-        loop = asyncio.get_running_loop()
-        deadline = loop.call_at(_loop_time_at(self.deadline), self.interrupt, Outcome.DEADLINE)
+        """Non-empty text pieces of the reply; sets `finish_reason` and the outcome.
+
+        The story of a turn: schedule it on the engine, speak what the engine says, end it
+        audibly, clean up. A caller who leaves cancels it wherever it is; an engine that fails
+        still gets the fallback sentence said."""
+        self._schedule()
         try:
-            try:
-                async with asyncio.timeout_at(_loop_time_at(plan.arrival + plan.first_token_s)):
-                    first = await self._first_text(stream)
-            except TimeoutError:
-                rec.outcome = Outcome.DEADLINE
-                yield plan.fallback_text
-                return
-            rec.stage = "streaming"
-            if first is not None:
-                if first.text:
-                    self._heard = True
-                    yield first.text
-                if first.finished:
-                    self._set_reason(first.finish_reason)
-                else:
-                    async for text in self._rest(stream):
-                        yield text
-            done = True  # the engine's stream has ended, one way or another
-            if rec.outcome not in (Outcome.STOP, Outcome.LENGTH):
-                # Interrupted (shutdown), aborted elsewhere, or ended without a finish reason.
-                rec.outcome = self._interrupt or Outcome.ERROR
-                yield self._joiner() + plan.fallback_text
-            elif self._filters and not self._heard:
-                # All reasoning, or nothing a voice can say (an emoji, a code block): the
-                # caller hears the fallback, never silence and never the reasoning.
-                yield plan.fallback_text
+            async for text in self._speak():
+                yield text
+            if ending := self._end():
+                yield ending
         except (asyncio.CancelledError, GeneratorExit):
-            rec.outcome = rec.outcome or Outcome.CLIENT_GONE
+            self.record.outcome = self.record.outcome or Outcome.CLIENT_GONE
             raise
         except Exception as e:  # an engine failure must still end the turn audibly
-            rec.outcome = Outcome.ERROR
-            rec.error = f"{type(e).__name__}: {e}"
-            log.exception("turn %s failed in the engine", plan.request_id)
-            yield self._joiner() + plan.fallback_text
+            yield self._failed(e)
         finally:
-            deadline.cancel()
-            if not done:
-                await self._engine.abort(plan.engine_id)
-            if stream is not deltas:
-                await stream.aclose()
-            await deltas.aclose()
+            await self._clean_up()
+
+    def _schedule(self) -> None:
+        """Ask the engine for the reply (its deltas through the filters, if any) and set the
+        turn's deadline, when it interrupts itself."""
+        plan = self.plan
+        self.record.stage = "before_first_token"
+        self._deltas = self._engine.generate(
+            plan.engine_id, plan.token_ids, plan.sampling, plan.adapter
+        )
+        self._stream = self._filtered(self._deltas) if self._filters else self._deltas
+        self._deadline_timer = asyncio.get_running_loop().call_at(
+            _loop_time_at(self.deadline), self.interrupt, Outcome.DEADLINE
+        )
+
+    async def _speak(self) -> AsyncIterator[str]:
+        """The reply's text as the engine makes it: the first text by the first-token deadline
+        (else nothing: the outcome is `deadline`), then the per-token hot path, kept to a few
+        operations a delta. Returns when the engine's stream has ended, one way or another."""
+        plan, rec, stream = self.plan, self.record, self._stream
+        try:
+            async with asyncio.timeout_at(_loop_time_at(plan.arrival + plan.first_token_s)):
+                first = await self._first_text(stream)
+        except TimeoutError:
+            rec.outcome = Outcome.DEADLINE
+            return  # the engine is still at it: `_clean_up` aborts it
+        rec.stage = "streaming"
+        if first is not None:
+            if first.text:
+                self._heard = True
+                yield first.text
+            if first.finished:
+                self._set_reason(first.finish_reason)
+            else:
+                gaps, last = rec.gaps, time.perf_counter()
+                async for delta in stream:
+                    now = time.perf_counter()
+                    self._count(delta, now)
+                    if delta.text:
+                        gaps.append(now - last)
+                        last = now
+                        yield delta.text
+                    if delta.finished:
+                        self._set_reason(delta.finish_reason)
+        self._engine_done = True
+
+    def _end(self) -> str | None:
+        """What the caller hears after the engine's text: nothing after a reply that ended well,
+        else the fallback sentence (after a space when words were heard)."""
+        rec = self.record
+        if rec.outcome not in (Outcome.STOP, Outcome.LENGTH):
+            # No first text in time, interrupted (deadline, shutdown), aborted elsewhere, or
+            # ended without a finish reason.
+            rec.outcome = rec.outcome or self._interrupt or Outcome.ERROR
+            return self._joiner() + self.plan.fallback_text
+        if self._filters and not self._heard:
+            # All reasoning, or nothing a voice can say (an emoji, a code block): the caller
+            # hears the fallback, never silence and never the reasoning.
+            return self.plan.fallback_text
+        return None
+
+    def _failed(self, e: Exception) -> str:
+        """The engine raised: record why, and end with the fallback sentence."""
+        self.record.outcome = Outcome.ERROR
+        self.record.error = f"{type(e).__name__}: {e}"
+        log.exception("turn %s failed in the engine", self.plan.request_id)
+        return self._joiner() + self.plan.fallback_text
+
+    async def _clean_up(self) -> None:
+        """However the turn ended: its deadline cancelled, the engine request aborted unless
+        its stream has ended, the streams closed."""
+        self._deadline_timer.cancel()
+        if not self._engine_done:
+            await self._engine.abort(self.plan.engine_id)
+        if self._stream is not self._deltas:
+            await self._stream.aclose()
+        await self._deltas.aclose()
 
     def _joiner(self) -> str:
         """A space before the fallback sentence when the caller has already heard words."""
@@ -194,19 +242,6 @@ class Turn:
                     text += f.finish()
             delta.text = text
             yield delta
-
-    async def _rest(self, deltas: AsyncGenerator[Delta, None]) -> AsyncIterator[str]:
-        """After the first text: the per-token hot path, kept to a few operations a delta."""
-        gaps, last = self.record.gaps, time.perf_counter()
-        async for delta in deltas:
-            now = time.perf_counter()
-            self._count(delta, now)
-            if delta.text:
-                gaps.append(now - last)
-                last = now
-                yield delta.text
-            if delta.finished:
-                self._set_reason(delta.finish_reason)
 
     async def _first_text(self, deltas: AsyncGenerator[Delta, None]) -> Delta | None:
         """The first delta that carries text or ends the turn; None if the stream just ended."""
