@@ -79,8 +79,15 @@ def _stream_then_drop(handle: ServerHandle, content_chunks: int) -> dict[str, fl
     return hung_up
 
 
-def _assert_only_a_hang_up_since(handle: ServerHandle, before: dict[str, float]) -> None:
-    """One more `client_gone` turn, and no engine request ran to `max_tokens`."""
+def _assert_aborted(
+    handle: ServerHandle, before: dict[str, float], hung_up: dict[str, float]
+) -> None:
+    """The turn was aborted within two seconds of the hang-up, the engine and the in-flight
+    gauge are idle after it, one more turn ended as `client_gone`, and no engine request ran
+    to `max_tokens`."""
+    assert_aborted_in_time(handle, hung_up)
+    idle = wait_idle(handle)
+    assert idle.idle, idle
     wait_for(lambda: _finished(handle)["client_gone"] > before["client_gone"], 10.0, 0.1)
     after = _finished(handle)
     assert after["client_gone"] == before["client_gone"] + 1, "the hang-up was not counted"
@@ -91,10 +98,7 @@ def test_disconnect_mid_stream_aborts_the_engine_request(long_server):
     assert wait_idle(long_server, within_s=30.0).idle
     before = _finished(long_server)
     hung_up = _stream_then_drop(long_server, content_chunks=3)
-    assert_aborted_in_time(long_server, hung_up)
-    idle = wait_idle(long_server)
-    assert (idle.running, idle.waiting) == (0, 0), idle
-    _assert_only_a_hang_up_since(long_server, before)
+    _assert_aborted(long_server, before, hung_up)
 
 
 def test_disconnect_before_the_first_byte_aborts_the_engine_request(long_server):
@@ -110,16 +114,11 @@ def test_disconnect_before_the_first_byte_aborts_the_engine_request(long_server)
         # The caller hangs up before reading, once the server has admitted the turn.
         assert wait_for(lambda: load(long_server).in_flight > 0, 30.0, 0.1), "never admitted"
         hung_up = {rid: time.time()}
-    assert_aborted_in_time(long_server, hung_up)
-    idle = wait_idle(long_server)
-    assert (idle.running, idle.waiting) == (0, 0), idle
-    _assert_only_a_hang_up_since(long_server, before)
+    _assert_aborted(long_server, before, hung_up)
 
 
 def test_in_flight_gauge_returns_to_zero_after_disconnect(long_server):
     assert wait_idle(long_server, within_s=30.0).idle
     before = _finished(long_server)
     hung_up = _stream_then_drop(long_server, content_chunks=1)
-    assert_aborted_in_time(long_server, hung_up)
-    assert wait_for(lambda: load(long_server).in_flight == 0, 10.0, 0.1), load(long_server)
-    _assert_only_a_hang_up_since(long_server, before)
+    _assert_aborted(long_server, before, hung_up)

@@ -9,6 +9,7 @@ is its module's own, started on first use by the harness (`launch_server`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,39 +19,37 @@ import pytest
 from tests.conftest import Api, ServerHandle, launch_server
 
 
-@pytest.fixture(scope="module")
-def qwen_api(
-    qwen_model_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
+@contextlib.contextmanager
+def _api_on(
+    model_dir: Path,
+    factory: pytest.TempPathFactory,
     make_api: Callable[[ServerHandle], Api],
+    env: dict[str, str] | None = None,
 ) -> Iterator[Api]:
+    with launch_server(model_dir, factory.mktemp("server-logs"), env=env) as handle:
+        yield make_api(handle)
+
+
+@pytest.fixture(scope="module")
+def qwen_api(qwen_model_dir: Path, tmp_path_factory: Any, make_api: Any) -> Iterator[Api]:
     """A server on the Qwen2.5 checkpoint, `tests/tiny.yaml` settings."""
-    with launch_server(qwen_model_dir, tmp_path_factory.mktemp("server-logs")) as handle:
-        yield make_api(handle)
+    with _api_on(qwen_model_dir, tmp_path_factory, make_api) as api:
+        yield api
 
 
 @pytest.fixture(scope="module")
-def qwen3_api(
-    qwen3_model_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    make_api: Callable[[ServerHandle], Api],
-) -> Iterator[Api]:
+def qwen3_api(qwen3_model_dir: Path, tmp_path_factory: Any, make_api: Any) -> Iterator[Api]:
     """A server on the Qwen3 checkpoint with thinking off (the default)."""
-    with launch_server(qwen3_model_dir, tmp_path_factory.mktemp("server-logs")) as handle:
-        yield make_api(handle)
+    with _api_on(qwen3_model_dir, tmp_path_factory, make_api) as api:
+        yield api
 
 
 @pytest.fixture(scope="module")
-def thinking_api(
-    qwen3_model_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    make_api: Callable[[ServerHandle], Api],
-) -> Iterator[Api]:
+def thinking_api(qwen3_model_dir: Path, tmp_path_factory: Any, make_api: Any) -> Iterator[Api]:
     """A server on the Qwen3 checkpoint with `sampling.enable_thinking: true`."""
     env = {"CALLGATE_SAMPLING__ENABLE_THINKING": "true"}
-    log_dir = tmp_path_factory.mktemp("server-logs")
-    with launch_server(qwen3_model_dir, log_dir, env=env) as handle:
-        yield make_api(handle)
+    with _api_on(qwen3_model_dir, tmp_path_factory, make_api, env) as api:
+        yield api
 
 
 def _hf_tokenizer(model_dir: Path) -> Any:
