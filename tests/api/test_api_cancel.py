@@ -1,12 +1,13 @@
 """A caller who barges in or hangs up drops the connection: the engine must stop at once.
 
-These tests run their own server whose output cap (4000 tokens, context 4096) makes a turn last
-several seconds. Each test drops the connection early, then checks that the server aborted the
-turn within two seconds of the hang-up (measured on the server's clock, `tests/wire/logs.py`),
-that the engine then has nothing running or waiting, and that the turn ended as `client_gone`
-rather than running on to `length` (vLLM's `vllm:request_success_total{finished_reason="length"}`
-must not move). Metrics are not scraped while the turn streams: on a two-core machine the
-engine's threads can delay a scrape by seconds, long enough for the turn to finish on its own.
+These tests run on the shared busy server (`busy_slot`, `tests/conftest.py` BUSY: a 16,000-token
+cap, context 16384), where a turn of 4000 tokens lasts several seconds. Each test drops the
+connection early, then checks that the server aborted the turn within two seconds of the hang-up
+(measured on the server's clock, `tests/wire/logs.py`), that the engine then has nothing running
+or waiting, and that the turn ended as `client_gone` rather than running on to `length` (vLLM's
+`vllm:request_success_total{finished_reason="length"}` must not move). Metrics are not scraped
+while the turn streams: on a two-core machine the engine's threads can delay a scrape by
+seconds, long enough for the turn to finish on its own.
 """
 
 from __future__ import annotations
@@ -33,19 +34,14 @@ from tests.wire import (
     wait_idle,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.compat]  # hang-ups abort vLLM's requests
 
 LONG_TURN_TOKENS = 4000
 
 
 @pytest.fixture(scope="module")
-def long_server(start_server):
-    env = {
-        "CALLGATE_SAMPLING__MAX_TOKENS": str(LONG_TURN_TOKENS),
-        "CALLGATE_ENGINE__MAX_MODEL_LEN": "4096",
-    }
-    with start_server(env=env) as handle:
-        yield handle
+def long_server(busy_slot):
+    return busy_slot.get()
 
 
 def _finished(handle: ServerHandle) -> dict[str, float]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.compat  # what reaches vLLM's SamplingParams, and what it refuses
+
 
 @pytest.mark.parametrize(
     ("field", "value"),

@@ -1,24 +1,26 @@
 """The seams on the real engine: what only vLLM refuses is a 400 before the response; a
 `stream: false` caller who hangs up frees the engine; the turn's log line in text format, with
-`dropped_turns` and (with `server.log_content`) what was said.
+`dropped_turns` and (with `server.log_content`) what was said. The last two on the shared narrow
+server (`tests/conftest.py` NARROW: text logs with content, a 2000-token cap).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Api, ServerHandle
+from tests.conftest import NARROW, Api, ServerHandle
 from tests.wire import ABORT_WITHIN_S, long_body, wait_for, wait_idle
 
-LONG = 2000  # output tokens with ignore_eos: seconds of work for the tiny model on CPU
+LONG = NARROW["sampling"]["max_tokens"]  # 2000 with ignore_eos: seconds of work on CPU
 
 
+@pytest.mark.compat  # vLLM's own refusal of the sampling values
 def test_sampling_values_only_vllm_refuses_are_a_400_before_the_response(
     api: Api, chat_body: Callable[..., Any]
 ) -> None:
@@ -30,13 +32,8 @@ def test_sampling_values_only_vllm_refuses_are_a_400_before_the_response(
 
 
 @pytest.fixture(scope="module")
-def texty(start_server: Callable[..., Any]) -> Iterator[ServerHandle]:
-    env = {
-        "CALLGATE_SERVER__LOG_CONTENT": "true",
-        "CALLGATE_SAMPLING__MAX_TOKENS": str(LONG),
-    }
-    with start_server(env=env, extra_args=["--log-format", "text"]) as handle:
-        yield handle
+def texty(narrow_server: ServerHandle) -> ServerHandle:
+    return narrow_server
 
 
 def _turn_line(handle: ServerHandle, request_id: str) -> str:
@@ -53,6 +50,7 @@ def _turn_line(handle: ServerHandle, request_id: str) -> str:
     return line
 
 
+@pytest.mark.slow
 def test_text_log_line_says_dropped_turns_and_with_log_content_the_messages(
     texty: ServerHandle, make_api: Callable[[ServerHandle], Api]
 ) -> None:
@@ -78,6 +76,7 @@ def test_text_log_line_says_dropped_turns_and_with_log_content_the_messages(
     assert "Hangzhou" in line
 
 
+@pytest.mark.slow
 def test_stream_false_hang_up_aborts_the_engine_request(
     texty: ServerHandle, make_api: Callable[[ServerHandle], Api]
 ) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.wire import DONE, parse_chat_stream
+
+pytestmark = pytest.mark.compat  # the engine's deltas as the stream the gateway reads
 
 # The seed page's example request, byte for byte as published (numbers, not strings).
 SEED_EXAMPLE_REQUEST = """{

@@ -91,6 +91,7 @@ def test_openmetrics_exemplar_carries_the_session_id(
     assert "session_id=" not in r.text.replace('# {session_id="', "")
 
 
+@pytest.mark.compat  # vLLM's own metric names
 def test_vllm_engine_metrics_are_exposed_unchanged(api: Api) -> None:
     text = api.metrics_text()
     for name in (
@@ -104,6 +105,7 @@ def test_vllm_engine_metrics_are_exposed_unchanged(api: Api) -> None:
         assert name in text, name
 
 
+@pytest.mark.compat  # the cached-token count vLLM's output carries
 def test_prefix_cache_hits_are_counted(api: Api, chat_body: Callable[..., Any]) -> None:
     history = [{"role": "assistant", "content": "Opening line. " * 30}]
     history.append({"role": "user", "content": "and a question"})
@@ -200,12 +202,14 @@ def fresh(
     return fresh_slot.get()
 
 
+@pytest.mark.slow
 def test_ready_is_503_while_the_engine_loads(fresh: tuple[ServerHandle, list[int]]) -> None:
     _, seen = fresh
     assert 503 in seen and seen[-1] == 200
     assert seen.index(503) < seen.index(200)
 
 
+@pytest.mark.slow
 def test_metrics_can_require_the_auth_code(
     fresh: tuple[ServerHandle, list[int]], make_api: Callable[[ServerHandle], Api]
 ) -> None:
@@ -215,6 +219,7 @@ def test_metrics_can_require_the_auth_code(
     assert "callgate_requests_total" in api.metrics_text()
 
 
+@pytest.mark.slow
 def test_in_flight_returns_to_zero_after_a_disconnect(
     fresh: tuple[ServerHandle, list[int]],
     make_api: Callable[[ServerHandle], Api],
@@ -238,6 +243,7 @@ def test_in_flight_returns_to_zero_after_a_disconnect(
     assert metric(text, "callgate_requests_total", model="qwen-plus", outcome="client_gone") >= 1
 
 
+@pytest.mark.slow
 def test_sse_starlette_with_keepalive_pings_streams_the_same_shape(
     fresh: tuple[ServerHandle, list[int]],
     make_api: Callable[[ServerHandle], Api],
@@ -257,6 +263,7 @@ def in_flight(api: Api) -> float:
     return metric(api.metrics_text(), "callgate_requests_in_flight", model="qwen-plus")
 
 
+@pytest.mark.slow
 def test_ready_is_503_while_draining(
     fresh_slot: ServerSlot[tuple[ServerHandle, list[int]]],
     make_api: Callable[[ServerHandle], Api],

@@ -4,7 +4,11 @@ are also banned at the sampler: `tests/unit/test_sampling.py`, `test_qwen_tokeni
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.lib.qwen_checkpoint import prompt_token_counts
+
+pytestmark = pytest.mark.slow  # its module's own server (tests/models/conftest.py)
 
 SYSTEM = "You are a concise phone agent."  # the qwen-max alias in tests/tiny.yaml
 EMPTY_THINK_BLOCK_TOKENS = 4  # <think> "\n\n" </think> "\n\n"

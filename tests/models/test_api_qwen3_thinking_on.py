@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from benchmarks.lib.qwen_checkpoint import prompt_token_counts
+
+pytestmark = pytest.mark.slow  # its module's own server (tests/models/conftest.py)
 
 FALLBACK = "Sorry, could you say that again?"  # the qwen-plus alias in tests/tiny.yaml
 SYSTEM = "You are a phone agent. The caller is in Hangzhou."

@@ -4,8 +4,12 @@ worked out independently (`qwen_checkpoint.prompt_token_counts`, Qwen's tiktoken
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.lib.qwen_checkpoint import prompt_token_counts
 from tests.conftest import OPENING
+
+pytestmark = pytest.mark.slow  # its module's own server (tests/models/conftest.py)
 
 SYSTEM = "You are a concise phone agent."  # the qwen-max alias in tests/tiny.yaml
 CONTROL_TEXT = (

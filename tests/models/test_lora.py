@@ -2,45 +2,26 @@
 
 `qwen-plus` is the base checkpoint, `qwen-plus-hotel` the same checkpoint through a tiny peft
 adapter (`benchmarks.lib.tiny_adapter`) with the same system prompt, so any difference in their
-greedy replies is the adapter's. vLLM's CPU build serves LoRA (its punica CPU wrapper).
+greedy replies is the adapter's. vLLM's CPU build serves LoRA (its punica CPU wrapper). The
+alias is served by the shared guarded server (`tests/conftest.py`), whose connection limits no
+turn here comes near.
 """
 
 from __future__ import annotations
 
 import typing
-from pathlib import Path
 
 import pytest
-import yaml
 
 from benchmarks.lib.servers import run_to_exit
-from benchmarks.lib.tiny_adapter import build_adapter
-from tests.conftest import TINY_CONFIG, server_side
+from tests.conftest import HOTEL, lora_config, server_side
 
-HOTEL = "qwen-plus-hotel"
 BIZ = {"city": "Hangzhou"}
 
 
-def _config(tmp_path: Path, hotel: str) -> Path:
-    """tests/tiny.yaml plus `qwen-plus-hotel`: qwen-plus's prompt, through adapter `hotel`."""
-    config = yaml.safe_load(TINY_CONFIG.read_text())
-    aliases = config["models"]["aliases"]
-    aliases[HOTEL] = {**aliases["qwen-plus"], "lora": hotel}
-    path = tmp_path / "lora.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_adapter(tiny_model_dir, tmp_path_factory.mktemp("hotel-adapter"))
-
-
-@pytest.fixture(scope="module")
-def lora_server(start_server, adapter_dir, tmp_path_factory):
-    config = _config(tmp_path_factory.mktemp("lora-config"), str(adapter_dir))
-    with start_server(config=config) as handle:
-        yield handle
+def lora_server(guarded_server):
+    return guarded_server
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +39,8 @@ def _greedy(api, chat_body, model: str, stream: bool = True) -> str:
     return typing.cast(str, completion["choices"][0]["message"]["content"])
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_the_adapter_alias_replies_otherwise_than_the_base(lora_api, chat_body):
     base = _greedy(lora_api, chat_body, "qwen-plus")
     hotel = _greedy(lora_api, chat_body, HOTEL)
@@ -68,20 +51,27 @@ def test_the_adapter_alias_replies_otherwise_than_the_base(lora_api, chat_body):
     assert _greedy(lora_api, chat_body, "qwen-plus") == base
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_the_adapter_alias_streamed_equals_non_streamed(lora_api, chat_body):
     assert _greedy(lora_api, chat_body, HOTEL, stream=False) == _greedy(lora_api, chat_body, HOTEL)
 
 
+@pytest.mark.slow
+@pytest.mark.compat
 def test_the_base_alias_is_untouched_by_serving_adapters(lora_api, api, chat_body):
     # `api` is the suite's shared server: the same checkpoint and prompts, without LoRA.
     assert _greedy(lora_api, chat_body, "qwen-plus") == _greedy(api, chat_body, "qwen-plus")
 
 
-def test_the_start_up_log_names_the_adapter_aliases(lora_server, adapter_dir):
+@pytest.mark.slow
+@pytest.mark.compat
+def test_the_start_up_log_names_the_adapter_aliases(lora_server, lora_adapter_dir):
     log = lora_server.log_text()
-    assert f"LoRA adapters: {HOTEL} -> {adapter_dir.resolve()} (rank 8)" in log
+    assert f"LoRA adapters: {HOTEL} -> {lora_adapter_dir.resolve()} (rank 8)" in log
 
 
+@pytest.mark.compat
 def test_vllm_takes_exactly_our_max_lora_ranks():
     from vllm.config.lora import MaxLoRARanks
 
@@ -101,7 +91,7 @@ def test_vllm_takes_exactly_our_max_lora_ranks():
 def test_an_alias_with_a_missing_adapter_refuses_to_start(tiny_model_dir, tmp_path, lora, why):
     lora = lora.format(tmp=tmp_path)
     env = {"HF_HUB_CACHE": str(tmp_path / "hub")}  # offline: HF_HUB_OFFLINE=1
-    run = run_to_exit(server_side(tiny_model_dir, env=env, config=_config(tmp_path, lora)))
+    run = run_to_exit(server_side(tiny_model_dir, env=env, config=lora_config(tmp_path, lora)))
     assert run.returncode == 2, run.stderr[-2000:]
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, run.stderr[-2000:]

@@ -69,6 +69,7 @@ def ask(srv: ServerHandle, question: str, **fields: Any) -> tuple[str, str, dict
     return choice["message"]["content"], choice["finish_reason"], response.json()["usage"]
 
 
+@pytest.mark.slow
 def test_a_first_run_without_the_hub_says_which_model_and_why(first_run: ServerHandle) -> None:
     lines = [line for line in first_run.log_text().splitlines() if "serving the embedded" in line]
     assert len(lines) == 1, first_run.log_text()[-3000:]
@@ -77,6 +78,7 @@ def test_a_first_run_without_the_hub_says_which_model_and_why(first_run: ServerH
     assert "Traceback" not in first_run.log_text()
 
 
+@pytest.mark.slow
 def test_the_consoles_curl_check_gets_a_real_answer(first_run: ServerHandle) -> None:
     """The README's request, as the console sends it."""
     body = {
@@ -99,6 +101,7 @@ def test_the_consoles_curl_check_gets_a_real_answer(first_run: ServerHandle) -> 
     assert len(stream.content.split()) >= 3, stream.content
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("question", "expected"),
     [
@@ -117,6 +120,7 @@ def test_greedy_answers_a_small_instruct_model_gets_right(
     assert reason == "stop" and usage["completion_tokens"] < 48, (content, usage)
 
 
+@pytest.mark.slow
 def test_a_stop_string_ends_the_reply_before_it(first_run: ServerHandle) -> None:
     full, _, _ = ask(first_run, "What is the capital of France?")
     cut, reason, usage = ask(first_run, "What is the capital of France?", stop=[" is"])
@@ -125,6 +129,7 @@ def test_a_stop_string_ends_the_reply_before_it(first_run: ServerHandle) -> None
     assert usage["completion_tokens"] < len(full.split()) + 4
 
 
+@pytest.mark.slow
 def test_the_stream_says_what_stream_false_says(first_run: ServerHandle) -> None:
     question = "What is the capital of Japan?"
     content, reason, _ = ask(first_run, question)
@@ -138,11 +143,13 @@ def test_the_stream_says_what_stream_false_says(first_run: ServerHandle) -> None
     assert len(stream.choice_chunks) > 2  # streamed in pieces, not one blob
 
 
+@pytest.mark.slow
 def test_the_cap_ends_a_long_reply_with_length(first_run: ServerHandle) -> None:
     content, reason, usage = ask(first_run, "Write a long story about a dragon.")
     assert reason == "length" and usage["completion_tokens"] == 48, (content, usage)
 
 
+@pytest.mark.slow
 def test_the_checkpoints_generation_config_fills_what_the_request_leaves_out(
     first_run: ServerHandle,
 ) -> None:
@@ -159,6 +166,7 @@ def test_the_checkpoints_generation_config_fills_what_the_request_leaves_out(
     assert defaults != plain
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hotel", ["Grand Lotus Hotel", "Silver Pine Lodge"])
 def test_biz_params_change_what_the_agent_says(first_run: ServerHandle, hotel: str) -> None:
     content, _, _ = ask(
@@ -195,6 +203,7 @@ def test_a_model_that_cannot_be_loaded_ends_in_one_line(tmp_path: Path) -> None:
         assert cause in lines[0]
 
 
+@pytest.mark.slow
 def test_a_list_asked_for_is_spoken_without_markdown(first_run: ServerHandle) -> None:
     """The same model and prompt, with and without the alias's speech filter: written for a
     screen it is a markdown list; on the voice alias, plain sentences with the same words."""

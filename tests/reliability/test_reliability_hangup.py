@@ -1,7 +1,8 @@
 """Hang-ups, barge-ins, stalled readers and overload: the engine never works for a caller who left.
 
-Issue 4, points 2 and 3 (and the mid-stream half of point 6). One server for the module, sized so
-that every stage of a turn can be hit on purpose:
+Issue 4, points 2 and 3 (and the mid-stream half of point 6). On the shared busy server
+(`busy_slot`, `tests/conftest.py` BUSY; test_api_cancel's hang-ups use it too), sized so that
+every stage of a turn can be hit on purpose:
 
 * `max_num_seqs` 4: a fifth stream waits in vLLM's queue;
 * `max_in_flight` 16: four running plus twelve queued fill the gateway; the 17th is refused;
@@ -14,7 +15,7 @@ that every stage of a turn can be hit on purpose:
 After every stage, each dropped turn must have been aborted within two seconds of its hang-up
 (the server's own log line, `tests/wire/logs.py`), vLLM's running and waiting counts and our
 in-flight gauge must be back to zero, and a new turn must be served normally. The engine-death
-test kills the server: it uses the module's server up, and a test after it would get a fresh one.
+test kills the server: it uses the busy server up, and a test after it would get a fresh one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerSlot
+from tests.conftest import BUSY
 from tests.wire import (
     FALLBACK,
     IDLE_WITHIN_S,
@@ -64,33 +65,17 @@ from tests.wire import (
 
 pytestmark = pytest.mark.slow
 
-MAX_NUM_SEQS = 4
-MAX_IN_FLIGHT = 16
-TURN_S = 20.0  # far above any test step, far below the time a LONG turn takes
-LONG = 16_000  # output tokens (~40 s here): a turn that outlasts every test step
+MAX_NUM_SEQS = BUSY["engine"]["max_num_seqs"]  # 4
+MAX_IN_FLIGHT = BUSY["limits"]["max_in_flight"]  # 16
+TURN_S = BUSY["deadlines"]["turn_s"]  # 20: far above any test step, far below a LONG turn
+LONG = BUSY["sampling"]["max_tokens"]  # 16,000 (~40 s here): a turn outlasting every test step
 PREFILL_REPEATS = 140  # STORY x 140 ~ 3400 prompt tokens
 ROUNDS = 2  # each stage drops ROUNDS x (its batch) streams: dozens in all
 
 
-@pytest.fixture(scope="module")
-def busy_slot(start_server):
-    env = {
-        "CALLGATE_ENGINE__MAX_NUM_SEQS": str(MAX_NUM_SEQS),
-        # Past the tiny checkpoint's 4096 positions, so that a turn can outlast turn_s.
-        "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1",
-        "CALLGATE_ENGINE__MAX_MODEL_LEN": "16384",
-        "CALLGATE_ENGINE__MAX_NUM_BATCHED_TOKENS": "256",
-        "CALLGATE_SAMPLING__MAX_TOKENS": str(LONG),
-        "CALLGATE_LIMITS__MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
-        "CALLGATE_DEADLINES__TURN_S": str(TURN_S),
-    }
-    with ServerSlot(lambda: start_server(env=env)) as slot:
-        yield slot
-
-
 @pytest.fixture
 def busy(busy_slot):
-    """The module's server (a fresh one if the engine-death test used the last one up)."""
+    """The busy server (a fresh one if the engine-death test used the last one up)."""
     return busy_slot.get()
 
 
@@ -159,6 +144,7 @@ def test_hang_up_before_the_response_headers(busy, idle_before):
 # -- while queued ----------------------------------------------------------------------------
 
 
+@pytest.mark.compat  # aborting what waits in vLLM's queue
 def test_hang_up_while_queued_in_the_engine(busy, idle_before):
     hung_up: dict[str, float] = {}
 
@@ -198,6 +184,7 @@ def test_hang_up_while_queued_in_the_engine(busy, idle_before):
 # -- during prefill --------------------------------------------------------------------------
 
 
+@pytest.mark.compat  # aborting a chunked prefill
 def test_hang_up_during_prefill(busy, idle_before):
     mark = len(busy.log_text())
     rng = random.Random(4)
@@ -417,6 +404,7 @@ def test_two_turns_of_the_same_session_at_once_both_complete(busy, idle_before):
 # -- engine death with streams open (the server exits) ---------------------------------------
 
 
+@pytest.mark.compat  # how vLLM's client reports a dead core
 def test_engine_death_mid_stream_ends_turns_audibly_and_exits_nonzero(busy_slot, idle_before):
     busy = busy_slot.use_up()
     family = descendants(busy)

@@ -1,9 +1,11 @@
 """Several front-end processes on one engine core (`server.workers: 2`): still one server.
 
-Real engine, tiny checkpoint, a real server process with two workers. One shared server for the
-tests that leave it as they found it (streams, spread, admission, metrics, hang-ups); engine
-death and worker death each get a server of their own. Draining on SIGTERM with two workers is
-in tests/reliability/test_reliability_shutdown.py.
+Real engine, tiny checkpoint, a real server process with two workers. One server for the tests
+that leave it as they found it (streams, spread, admission, metrics, hang-ups), which the
+engine-death test then uses up; worker death gets a server of its own. Draining on SIGTERM with
+two workers is in tests/reliability/test_reliability_shutdown.py. SharedCore, the engine's
+clients in the workers and vLLM's metrics across processes are the most release-specific code
+there is: all but the worker-death test are `compat`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import psutil
 import pytest
 
 from benchmarks.lib.servers import free_port
+from tests.conftest import ServerSlot
 from tests.wire import (
     FALLBACK,
     RawStream,
@@ -61,9 +64,15 @@ _WORKER_LINE = re.compile(r"front-end worker (\d+) \(pid (\d+)\)")
 
 
 @pytest.fixture(scope="module")
-def two(start_server):
-    with start_server(env=ENV) as handle:
-        yield handle
+def two_slot(start_server):
+    with ServerSlot(lambda: start_server(env=ENV)) as slot:
+        yield slot
+
+
+@pytest.fixture
+def two(two_slot):
+    """The module's server (a fresh one if the engine-death test used the last one up)."""
+    return two_slot.get()
 
 
 @pytest.fixture
@@ -90,6 +99,7 @@ def _fresh_connection_turns(handle, count: int, **extra: Any) -> list[httpx.Resp
     return out
 
 
+@pytest.mark.compat
 def test_info_gauge_says_what_runs(two):
     text = scrape(two)
     assert metric(text, "callgate_info", workers=str(WORKERS)) == 1.0
@@ -98,6 +108,7 @@ def test_info_gauge_says_what_runs(two):
     assert sorted(_worker_pids(two)) == list(range(WORKERS))
 
 
+@pytest.mark.compat
 def test_metrics_only_on_the_admin_port_whichever_worker_answers(two):
     for _ in range(6):  # fresh connections: both workers answer
         with httpx.Client(timeout=30.0) as client:
@@ -106,6 +117,7 @@ def test_metrics_only_on_the_admin_port_whichever_worker_answers(two):
     assert two.metrics_url.startswith(two.admin_url)
 
 
+@pytest.mark.compat
 def test_streams_are_well_formed_and_spread_over_every_worker(two, idle):
     mark = len(two.log_text())
     responses = _fresh_connection_turns(two, 24)
@@ -119,6 +131,7 @@ def test_streams_are_well_formed_and_spread_over_every_worker(two, idle):
     assert min(served.values()) >= 4, served
 
 
+@pytest.mark.compat
 def test_metrics_are_exact_sums_over_workers(two, idle):
     before = scrape(two)
     responses = _fresh_connection_turns(two, 10)
@@ -138,6 +151,7 @@ def test_metrics_are_exact_sums_over_workers(two, idle):
     assert metric(after, "callgate_engine_up") == 1
 
 
+@pytest.mark.compat
 def test_exemplars_survive_several_workers(two, idle):
     _fresh_connection_turns(two, 8)
     seen: set[str] = set()
@@ -150,6 +164,7 @@ def test_exemplars_survive_several_workers(two, idle):
     assert seen, "no TTFT exemplar in the OpenMetrics exposition"
 
 
+@pytest.mark.compat
 def test_admission_limit_is_global_and_hang_ups_abort(two, idle):
     hung_up: dict[str, float] = {}
 
@@ -192,22 +207,23 @@ def test_admission_limit_is_global_and_hang_ups_abort(two, idle):
     assert changed == {"rejected": 3 * MAX_IN_FLIGHT, "client_gone": MAX_IN_FLIGHT}, changed
 
 
-# -- destructive: each with its own server ----------------------------------------------------
+# -- destructive: the engine's death uses the module's server up, a worker's gets its own -----
 
 
-def test_engine_death_ends_every_workers_turns_audibly_and_exits_3(start_server):
-    with start_server(env=ENV) as srv:
-        family = descendants(srv)
-        core = engine_core(srv)
+@pytest.mark.compat
+def test_engine_death_ends_every_workers_turns_audibly_and_exits_3(two_slot, idle):
+    srv = two_slot.use_up()
+    family = descendants(srv)
+    core = engine_core(srv)
 
-        async def scenario() -> list[bytes]:
-            async with async_client() as client:
-                opened = await open_streams(client, srv, long_body(LONG), MAX_IN_FLIGHT, 2)
-                core.send_signal(signal.SIGKILL)
-                return await read_to_end(opened)
+    async def scenario() -> list[bytes]:
+        async with async_client() as client:
+            opened = await open_streams(client, srv, long_body(LONG), MAX_IN_FLIGHT, 2)
+            core.send_signal(signal.SIGKILL)
+            return await read_to_end(opened)
 
-        bodies = asyncio.run(scenario())
-        code = srv.proc.wait(timeout=60.0)
+    bodies = asyncio.run(scenario())
+    code = srv.proc.wait(timeout=60.0)
     for raw in bodies:
         assert well_formed(raw).content.endswith(FALLBACK)
     assert code == 3

@@ -4,32 +4,32 @@ far more than they say: content parts and stop strings are bounded.
 A 1 MiB body of 65,000 empty content parts cost 0.2-0.4 s of CPU to parse on this machine, and
 was parsed even when the answer was 503. Now admission comes first: a full server refuses a body
 it would also refuse as malformed with the 503, which shows it never parsed it; and every
-refusal after admission gives its slot back. On a server of its own with one turn in flight at
-most, held by a long stream.
+refusal after admission gives its slot back. On the shared narrow server (`tests/conftest.py`
+NARROW), with one turn in flight at most, held by a long stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ServerHandle
+from tests.conftest import NARROW, ServerHandle
 from tests.wire import long_body, open_streams, wait_idle
 
 LONG = 1000  # tokens: the holding stream outlasts the test's few requests by far
 PARTS_1MIB = 65_000  # empty text parts, 16 bytes each: the most a 1 MiB body holds
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
-def full_server(start_server: Any) -> Iterator[ServerHandle]:
-    env = {"CALLGATE_LIMITS__MAX_IN_FLIGHT": "1", "CALLGATE_SAMPLING__MAX_TOKENS": str(LONG)}
-    with start_server(env=env) as srv:
-        yield srv
+def full_server(narrow_server: ServerHandle) -> ServerHandle:
+    assert NARROW["limits"]["max_in_flight"] == 1  # one stream fills it
+    return narrow_server
 
 
 def _parts(parts: int) -> bytes:

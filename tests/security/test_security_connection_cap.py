@@ -11,9 +11,12 @@ import select
 import socket
 
 import httpx
+import pytest
 
 from tests.conftest import GUARDED
 from tests.wire import address, read_response, wait_for
+
+pytestmark = pytest.mark.slow  # the guarded server
 
 EXTRA = 8
 

@@ -15,8 +15,12 @@ import time
 
 import httpx
 import psutil
+import pytest
 
 from tests.wire import assert_processes_gone, descendants, engine_core, well_formed
+
+# A server of its own; vLLM's count of unfinished requests is what tells hung from idle.
+pytestmark = [pytest.mark.slow, pytest.mark.compat]
 
 STALL_S = 1.0
 HUNG_AFTER = 3  # exit after 3 s of busy time without a token

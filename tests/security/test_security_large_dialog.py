@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from benchmarks.large_dialog import measure_pause
 
 # Generous: chunks normally come every few tens of milliseconds; a stall on the loop
@@ -19,6 +21,7 @@ from benchmarks.large_dialog import measure_pause
 MAX_PAUSE_S = 0.3
 
 
+@pytest.mark.slow
 def test_a_huge_dialog_does_not_pause_other_streams(guarded_server):
     run = asyncio.run(measure_pause(guarded_server.url, guarded_server.auth, time.time_ns()))
     assert run.status == 200

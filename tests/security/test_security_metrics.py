@@ -26,6 +26,7 @@ def after_a_turn(guarded_server, chat_body):
     return guarded_server
 
 
+@pytest.mark.slow
 def test_metrics_are_not_on_the_main_port(after_a_turn):
     for accept in ("text/plain", OPENMETRICS):
         r = httpx.get(after_a_turn.url + "/metrics", headers={"Accept": accept}, timeout=10.0)
@@ -34,6 +35,7 @@ def test_metrics_are_not_on_the_main_port(after_a_turn):
         assert "sess-admin-port-check" not in r.text
 
 
+@pytest.mark.slow
 def test_metrics_and_exemplars_are_on_the_admin_port(after_a_turn):
     r = httpx.get(
         after_a_turn.admin_url + "/metrics", headers={"Accept": OPENMETRICS}, timeout=10.0
@@ -43,6 +45,7 @@ def test_metrics_and_exemplars_are_on_the_admin_port(after_a_turn):
     assert 'session_id="sess-admin-port-check"' in r.text
 
 
+@pytest.mark.slow
 def test_the_admin_port_serves_no_turns(after_a_turn, chat_body):
     r = httpx.post(
         after_a_turn.admin_url + "/",

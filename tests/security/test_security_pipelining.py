@@ -5,38 +5,36 @@ uvicorn queues every pipelined request of a read and reads again whenever the ap
 `receive()`; a peer that never reads its answers kept its connection, and everything queued
 behind it, forever. The guard (`server/process/connections.py`) reads nothing while requests wait,
 aborts a connection that pipelines more than `server.max_pipelined` or stops reading for
-`server.write_timeout_s`, and closes idle connections after `server.keep_alive_s`. On a server
-of this module's own (`LIMITS`), because the shared ones keep the default keep-alive.
+`server.write_timeout_s`, and closes idle connections after `server.keep_alive_s`. On the shared
+narrow server, whose `LIMITS` (`tests/conftest.py` NARROW) are short: `server` and the guarded
+server keep the default keep-alive.
 """
 
 from __future__ import annotations
 
-import contextlib
 import select
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psutil
 import pytest
 
-from tests.conftest import ServerHandle
+from tests.conftest import NARROW, ServerHandle
 from tests.wire import address, read_response
 
-LIMITS = {"keep_alive_s": 3, "write_timeout_s": 2.0, "max_pipelined": 8}
+LIMITS = NARROW["server"]  # keep_alive_s 3, write_timeout_s 2, max_pipelined 8
 MARGIN_S = 5.0
 GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 GET_METRICS = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"  # open without a code on this config
 FLOOD_BYTES = 10 * 1024 * 1024
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def piped(
-    start_server: Callable[..., contextlib.AbstractContextManager[ServerHandle]],
-) -> Iterator[ServerHandle]:
-    env = {f"CALLGATE_SERVER__{k.upper()}": str(v) for k, v in LIMITS.items()}
-    with start_server(env=env) as handle:
-        yield handle
+def piped(narrow_server: ServerHandle) -> ServerHandle:
+    return narrow_server
 
 
 def _rss(handle: ServerHandle) -> int:

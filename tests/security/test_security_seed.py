@@ -13,35 +13,32 @@ dies the same way. Two ways out, both here:
   (`Engine.params`); a greedy request with a seed seeds nothing and is served, and a GPU engine,
   whose generators rewind, keeps every seed.
 
-`seed_server` has chunking on and a 64-token step budget, so that the 1000-token prompt is
-chunked. Without the refusal, its first test's seeded turn kills the engine (reproduced on the
-tiny checkpoint: "CPU Generator does not use offset", the turn ends in `EngineDeadError`).
+`seed_server` (the shared narrow server, `tests/conftest.py` NARROW) has chunking on and a
+64-token step budget, so that the 1000-token prompt is chunked. Without the refusal, its first
+test's seeded turn kills the engine (reproduced on the tiny checkpoint: "CPU Generator does not
+use offset", the turn ends in `EngineDeadError`); the seed tests run last of the narrow
+server's users (alphabetical order), so that would fail no other module.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from server.base.errors import InvalidRequest
-from tests.conftest import Api, ServerHandle
+from tests.conftest import NARROW, Api, ServerHandle
 
-STEP_TOKENS = 64
+STEP_TOKENS = NARROW["engine"]["max_num_batched_tokens"]  # 64
 PROMPT = "Tell me a very long story about the weather in Hangzhou. " * 40  # ~1000 tokens
 
 
 @pytest.fixture(scope="module")
-def seed_server(start_server: Any) -> Iterator[ServerHandle]:
-    env = {
-        "CALLGATE_ENGINE__ENABLE_CHUNKED_PREFILL": "true",
-        "CALLGATE_ENGINE__MAX_NUM_BATCHED_TOKENS": str(STEP_TOKENS),
-    }
-    with start_server(env=env) as srv:
-        yield srv
+def seed_server(narrow_server: ServerHandle) -> ServerHandle:
+    assert NARROW["engine"]["enable_chunked_prefill"] is True
+    return narrow_server
 
 
 def _body(chat_body: Any, **sampling: Any) -> dict[str, Any]:
@@ -49,6 +46,7 @@ def _body(chat_body: Any, **sampling: Any) -> dict[str, Any]:
     return chat_body(messages=messages, max_tokens=4, ignore_eos=True, **sampling)
 
 
+@pytest.mark.slow
 def test_a_seeded_chunked_prompt_is_refused_and_the_engine_lives(
     seed_server: ServerHandle, make_api: Any, chat_body: Any
 ) -> None:
@@ -62,6 +60,7 @@ def test_a_seeded_chunked_prompt_is_refused_and_the_engine_lives(
     assert seed_server.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_a_greedy_turn_with_a_seed_is_served(
     seed_server: ServerHandle, make_api: Any, chat_body: Any
 ) -> None:
@@ -97,6 +96,7 @@ def test_without_chunked_prefill_seeded_turns_share_a_step_and_the_engine_lives(
     assert stream.choice_chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
+@pytest.mark.compat  # vLLM's platform and SamplingParams
 @pytest.mark.parametrize("seed_ok", [True, False])
 def test_only_an_engine_whose_generators_rewind_takes_a_seed(seed_ok: bool) -> None:
     """The decision is `Engine.params`'s, from vLLM's platform (CPU or not); no server here."""

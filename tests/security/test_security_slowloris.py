@@ -16,6 +16,7 @@ import socket
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import GUARDED
 from tests.wire import (
@@ -27,6 +28,8 @@ from tests.wire import (
     wait_for,
     well_formed,
 )
+
+pytestmark = pytest.mark.slow  # the guarded server
 
 MARGIN_S = 3.0
 

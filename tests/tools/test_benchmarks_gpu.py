@@ -13,7 +13,9 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+# Four servers of its own (vLLM's and callgate's, one and two front ends); the GPU host runs the
+# script on its release, so it runs there too.
+pytestmark = [pytest.mark.slow, pytest.mark.compat]
 
 
 def test_gpu_script_dry_run_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
