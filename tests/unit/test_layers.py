@@ -2,7 +2,7 @@
 in the engine package, the HTTP framework only in the app and process layers.
 
 Every import counts, those inside functions too; an import under `if TYPE_CHECKING:` does not
-(it never runs). The layers, lowest first, are the folders of `server/` (README, "The code").
+(it never runs). The layers, lowest first, are the folders of `server/` (docs/architecture.md).
 """
 
 from __future__ import annotations
