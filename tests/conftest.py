@@ -226,7 +226,7 @@ def start_server(
 # Every engine start costs 30-60 s here, so modules whose settings do not conflict share a
 # session server: `server` (tests/tiny.yaml as it is), `guarded_server`, `narrow_server` and the
 # `busy_slot`. A test that needs any server but `server` is marked `slow` (checked at
-# collection). The ones a run needs start together, before its first test, and stop at its end.
+# collection). The ones a run needs start before its first test, two at a time, and stop at its end.
 
 # The guarded server's connection limits: short, so that the attacks on it take seconds.
 GUARDED = {"head_timeout_s": 2.0, "body_timeout_s": 3.0, "max_connections": 24}
@@ -296,8 +296,11 @@ def lora_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
 
 class SharedServers:
     """The session's shared servers. The first test that needs one starts every one the run
-    needs at once (their start-ups, mostly imports, overlap on the two cores) and waits until
-    all are ready, so no test runs beside a start-up; each stops at the session's end."""
+    needs, `AT_ONCE` at a time (a start-up is mostly imports on one core: two overlap on the two
+    cores, more would only make each slower), and waits until all are ready, so no test runs
+    beside a start-up; they stop together at the session's end."""
+
+    AT_ONCE = 2
 
     def __init__(
         self,
@@ -314,14 +317,15 @@ class SharedServers:
         """Server `name`, ready; on the first call, every one the run needs starts with it."""
         names = [name] if self._started else sorted(self._needed | {name})
         fresh = [n for n in names if n not in self._started]
-        for each in fresh:
-            self._running.append(self._starts[each]())
-            self._started[each] = self._running[-1].__enter__()
-        for each in fresh:
-            try:
-                wait_until_ready(self._started[each])
-            except pytest.fail.Exception as exc:  # failed for its own users, not this one's
-                self._failed[each] = str(exc)
+        for wave in (fresh[i : i + self.AT_ONCE] for i in range(0, len(fresh), self.AT_ONCE)):
+            for each in wave:
+                self._running.append(self._starts[each]())
+                self._started[each] = self._running[-1].__enter__()
+            for each in wave:
+                try:
+                    wait_until_ready(self._started[each])
+                except pytest.fail.Exception as exc:  # failed for its own users, not this one's
+                    self._failed[each] = str(exc)
         if name in self._failed:
             pytest.fail(self._failed[name], pytrace=False)
         return self._started[name]
