@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from prometheus_client import CollectorRegistry
 
 from server.base.errors import InvalidRequest, Overloaded
@@ -178,3 +180,18 @@ def scripted_turn(engine: ScriptedEngine, **fields: Any) -> Turn:
 
 async def texts_of(turn: Turn) -> list[str]:
     return [text async for text in turn.texts()]
+
+
+@asynccontextmanager
+async def serve_in_process(
+    app: Any, ready: bool = True
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """`app` (from `create_app`) with its lifespan running, an HTTP client on it and its
+    runtime; with `ready`, once the engine has loaded."""
+    runtime = app.state.runtime
+    async with app.router.lifespan_context(app):
+        while ready and runtime.state == "loading":
+            await asyncio.sleep(0.01)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://callgate") as client:
+            yield client, runtime

@@ -26,7 +26,7 @@ from server.app.routes import create_app
 from server.base.settings import Settings
 from server.serving.lifecycle import Runtime
 from server.serving.switchboard import PARSE_INLINE_BYTES, PLAN_INLINE_MESSAGES, Switchboard
-from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine
+from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, serve_in_process
 
 HEADERS = {"Authorization": "test-code-0123456789", "Content-Type": "application/json"}
 SHORT = {"messages": [{"role": "user", "content": "Is my table booked?"}]}
@@ -53,13 +53,8 @@ async def _app(
         limits={"max_in_flight": max_in_flight},
     )
     app = create_app(settings, [HEADERS["Authorization"]], engine_factory=engine.factory)
-    runtime: Runtime = app.state.runtime
-    async with app.router.lifespan_context(app):
-        while runtime.state == "loading":
-            await asyncio.sleep(0.01)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://callgate") as client:
-            yield client, runtime
+    async with serve_in_process(app) as served:
+        yield served
 
 
 def _board(runtime: Runtime) -> Switchboard:

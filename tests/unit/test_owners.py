@@ -30,7 +30,7 @@ from server.base.settings import ModelsSettings, Settings
 from server.engine.adapters import Adapters
 from server.serving.lifecycle import Runtime
 from server.serving.metrics import Metrics
-from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, scripted_turn
+from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, scripted_turn, serve_in_process
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
 AUTH = "test-code-0123456789"
@@ -52,13 +52,8 @@ async def _serve(
     settings: Settings, engine: ScriptedEngine
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     app = create_app(settings, [AUTH], engine_factory=engine.factory, adapters=Adapters())
-    runtime: Runtime = app.state.runtime
-    async with app.router.lifespan_context(app):
-        while runtime.state == "loading":
-            await asyncio.sleep(0.01)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://callgate") as client:
-            yield client, runtime
+    async with serve_in_process(app) as served:
+        yield served
 
 
 def _counted(runtime: Runtime, alias: str, outcome: str) -> float:

@@ -27,7 +27,7 @@ from server.engine.adapters import Adapters
 from server.engine.api import Engine
 from server.serving.lifecycle import Runtime
 from server.wire.schemas import ChatRequest, parse_request
-from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine
+from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, serve_in_process
 
 AUTH = "test-code-0123456789"
 HEADERS = {"Authorization": AUTH}
@@ -49,13 +49,8 @@ async def _serve(
     settings: Settings, factory: Factory, ready: bool = True
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
     app = create_app(settings, [AUTH], engine_factory=factory, adapters=Adapters())
-    runtime: Runtime = app.state.runtime
-    async with app.router.lifespan_context(app):
-        while ready and runtime.state == "loading":
-            await asyncio.sleep(0.01)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://callgate") as client:
-            yield client, runtime
+    async with serve_in_process(app, ready) as served:
+        yield served
 
 
 async def _until(condition: Callable[[], bool], within_s: float = 30.0) -> None:
