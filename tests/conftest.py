@@ -255,7 +255,7 @@ BUSY: dict[str, dict[str, Any]] = {
         "enable_chunked_prefill": True,  # tests/tiny.yaml turns it off (for seeds)
     },
     "sampling": {"max_tokens": 16_000},
-    "limits": {"max_in_flight": 16},
+    "limits": {"max_in_flight": 16, "new_call_max_in_flight": 12},
     "deadlines": {"turn_s": 20.0},
 }
 

@@ -66,6 +66,7 @@ class ScriptedEngine:
         self.alive_flag = True
         self.aborts: list[str] = []
         self.requests: list[tuple[str, EngineParams, str | None]] = []
+        self.priorities: dict[str, int] = {}  # request id: the priority it was queued at
         self.stopped = False
         self._running: dict[str, asyncio.Event] = {}
 
@@ -104,8 +105,10 @@ class ScriptedEngine:
         token_ids: list[int],
         params: EngineParams,
         adapter: str | None = None,
+        priority: int = 0,
     ) -> AsyncGenerator[Delta, None]:
         self.requests.append((request_id, params, adapter))
+        self.priorities[request_id] = priority
         aborted = self._running[request_id] = asyncio.Event()
         try:
             for step in self.script:

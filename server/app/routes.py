@@ -2,10 +2,11 @@
 
 Request flow (one turn): auth from the header, before the body is read -> bounded body read ->
 `Runtime.admit` (503 at once when loading, draining, full or dead) -> `Switchboard.parse` ->
-`Switchboard.plan` (prompt tokens, the engine's validated sampling values) -> `Switchboard.start`
--> a response object that iterates the engine inside the response body. Every refusal happens
-before that, and is counted by `Runtime.refused`. When the caller hangs up, Starlette cancels
-the body, and the turn's `finally` aborts the engine request.
+`Switchboard.admit_call` (503 for a new call above the new-call level) -> `Switchboard.plan`
+(prompt tokens, the engine's validated sampling values) -> `Switchboard.start` (the call's one
+open turn) -> a response object that iterates the engine inside the response body. Every refusal
+happens before that, and is counted by `Runtime.refused`. When the caller hangs up, Starlette
+cancels the body, and the turn's `finally` aborts the engine request.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from server.base.settings import Settings
 from server.engine.adapters import Adapters
 from server.engine.adapters import resolve as resolve_adapters
 from server.serving.admission import Admission
+from server.serving.calls import classify
 from server.serving.lifecycle import EngineFactory, Runtime
 from server.serving.metrics import Metrics
 from server.wire.auth import Authenticator
@@ -123,7 +125,7 @@ def _routes(app: FastAPI, settings: Settings) -> None:
     async def chat(request: Request, runtime: RuntimeDep) -> Response:
         arrival = time.perf_counter()
         rid = request_id(request.headers.get("x-request-id"))
-        model, session = "", None
+        model, session, call = "", None, None
         try:
             if _on_admin_port(request, settings):
                 raise NotFound("no such route on this port")
@@ -136,21 +138,24 @@ def _routes(app: FastAPI, settings: Settings) -> None:
             try:
                 req = await board.parse(body)
                 model, session = req.model, req.session_id
-                plan = await board.plan(req, rid, arrival)
+                # Then by kind: past the new-call level only calls in progress get in.
+                call = classify(req.messages)
+                board.admit_call(call)
+                plan = await board.plan(req, rid, arrival, call)
             except BaseException:
                 board.unadmit()
                 raise
         except ClientDisconnect:
             gone = ClientGone("the client left while sending the body")
-            runtime.refused(gone, rid, model, arrival, session)
+            runtime.refused(gone, rid, model, arrival, session, call)
             return Response(status_code=gone.status)
         except CallgateError as err:
-            runtime.refused(err, rid, model, arrival, session)
+            runtime.refused(err, rid, model, arrival, session, call)
             return error_response(err, rid)
         except Exception:
             log.exception("request %s failed before streaming", rid)
             failure = EngineFailed("internal error while preparing the turn")
-            runtime.refused(failure, rid, model, arrival, session)
+            runtime.refused(failure, rid, model, arrival, session, call)
             return error_response(failure, rid)
         turn = board.start(plan)
         headers = {"X-Request-Id": rid}

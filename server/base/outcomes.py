@@ -16,6 +16,7 @@ class Outcome(StrEnum):
     LENGTH = "length"  # out of tokens: max_tokens or the context
     CLIENT_GONE = "client_gone"  # the caller left; nobody heard the end
     DEADLINE = "deadline"  # no first token by first_token_s, or the turn outlived turn_s
+    SUPERSEDED = "superseded"  # the call's newer turn was admitted: nobody listens to this one
     ERROR = "error"  # the engine failed, hung, died, or was not there (loading, dead)
     REJECTED = "rejected"  # refused by admission: the server is full
     INVALID = "invalid"  # a request the protocol or the engine refuses (400, 404, 405, 413)

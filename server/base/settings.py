@@ -155,6 +155,11 @@ class EngineSettings(_Section):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica spans.")
     quantization: str | None = Field(None, description="vLLM quantization method (awq, fp8...).")
     enforce_eager: bool = Field(False, description="No CUDA graphs / torch.compile.")
+    scheduling_policy: Literal["priority", "fcfs"] = Field(
+        "priority",
+        description="vLLM's queue order. priority: turns of calls in progress go ahead of the "
+        "first turns of new calls (then arrival order); fcfs: arrival order only.",
+    )
     trust_remote_code: bool = Field(False, description="Allow checkpoint-provided code.")
     seed: int = Field(0, description="Engine seed.")
     stream_interval: int = Field(
@@ -252,6 +257,14 @@ class LimitsSettings(_Section):
         description="Admission limit; beyond it a turn gets 503 + Retry-After at once. "
         "Default: the engine's max_num_seqs, so that every admitted turn decodes at once "
         "(a turn queued for a batch slot waits a whole turn for its first token).",
+    )
+    new_call_max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Calls first: at this many turns in flight, the first turns of new calls get "
+        "503 + Retry-After, while turns of calls in progress are admitted up to max_in_flight. "
+        "Default: three quarters of max_in_flight (benchmarks/README.md, calls first, says why); "
+        "equal to max_in_flight (or more) turns the distinction off.",
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After value on a 503.")
 

@@ -65,9 +65,15 @@ class Engine(Protocol):
         ...
 
     def generate(
-        self, request_id: str, token_ids: list[int], params: EngineParams, adapter: str | None
+        self,
+        request_id: str,
+        token_ids: list[int],
+        params: EngineParams,
+        adapter: str | None,
+        priority: int = 0,
     ) -> AsyncGenerator[Delta, None]:
-        """The turn's deltas; closing or cancelling the iterator aborts the request."""
+        """The turn's deltas, queued at `priority` (lower first); closing or cancelling the
+        iterator aborts the request."""
         ...
 
     async def abort(self, request_id: str) -> None:

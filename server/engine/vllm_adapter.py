@@ -80,6 +80,7 @@ def engine_args(settings: EngineSettings, adapters: Adapters) -> AsyncEngineArgs
         "trust_remote_code": settings.trust_remote_code,
         "seed": settings.seed,
         "stream_interval": settings.stream_interval,
+        "scheduling_policy": settings.scheduling_policy,
     }
     named = {k: v for k, v in named.items() if v is not None}
     named.update(adapters.engine_args(settings.extra))
@@ -112,6 +113,8 @@ class Engine:
         # prompt is prefilled in parts, nothing is rewound, and seeds are safe there too.
         chunked = bool(llm.vllm_config.scheduler_config.enable_chunked_prefill)
         self._seed_ok = not (current_platform.is_cpu() and chunked)
+        # Priorities are sent only to a priority queue (`engine.scheduling_policy`).
+        self._priority = llm.vllm_config.scheduler_config.policy == "priority"
 
     @classmethod
     async def start(cls, settings: EngineSettings, adapters: Adapters) -> Engine:
@@ -231,14 +234,20 @@ class Engine:
         token_ids: list[int],
         params: EngineParams,
         adapter: str | None = None,
+        priority: int = 0,
     ) -> AsyncGenerator[Delta, None]:
         """Stream the turn's deltas, from the base model or through `adapter` (an
-        `Adapter.name`). Closing or cancelling the iterator aborts the request."""
+        `Adapter.name`), at `priority` in the queue (lower first; with `scheduling_policy:
+        fcfs` vLLM ignores it). Closing or cancelling the iterator aborts the request."""
         assert isinstance(params, SamplingParams)
         lora = None if adapter is None else self._loras[adapter]
         prompt = _tokens_input(token_ids)
+        if not self._priority:
+            priority = 0
         try:
-            async for out in self._llm.generate(prompt, params, request_id, lora_request=lora):
+            async for out in self._llm.generate(
+                prompt, params, request_id, lora_request=lora, priority=priority
+            ):
                 completion = out.outputs[0]
                 yield Delta(
                     completion.text,

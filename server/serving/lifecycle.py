@@ -29,6 +29,7 @@ from server.base.settings import Settings
 from server.engine.adapters import Adapters
 from server.engine.api import Engine
 from server.serving.admission import Admission
+from server.serving.calls import CallClass
 from server.serving.metrics import Metrics
 from server.serving.switchboard import Switchboard
 from server.serving.turn_log import log_refusal
@@ -157,12 +158,20 @@ class Runtime:
         return board
 
     def refused(
-        self, err: CallgateError, request_id: str, model: str, arrival: float, session: str | None
+        self,
+        err: CallgateError,
+        request_id: str,
+        model: str,
+        arrival: float,
+        session: str | None,
+        call: CallClass | None = None,
     ) -> None:
-        """Count and log a request refused before it became a turn."""
+        """Count and log a request refused before it became a turn (`call`: its kind, once
+        its body was parsed)."""
         alias = self.settings.models.alias_for(model)
         self.metrics.requests.labels(alias, err.outcome).inc()
-        log_refusal(err, request_id, session, model, alias, time.perf_counter() - arrival)
+        total_s = time.perf_counter() - arrival
+        log_refusal(err, request_id, session, model, alias, total_s, call)
 
     # -- health ------------------------------------------------------------------------------
 
@@ -227,6 +236,7 @@ class Runtime:
             task.cancel()
         if self.switchboard is not None:
             self.metrics.engine_up.set(0)
+            self.switchboard.close()
             try:
                 self.switchboard.engine.stop()
             except Exception:

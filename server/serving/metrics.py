@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, openmetrics
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -32,6 +33,7 @@ from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from server.base.outcomes import Outcome
+from server.serving.calls import UNCLASSIFIED, CallClass
 
 # Dense where callers notice (tens of ms to about a second), sparse up to ten seconds.
 TTFT_BUCKETS = (
@@ -86,6 +88,23 @@ class _Combined:
 
     def collect(self) -> Iterable[Metric]:
         return self._exemplars.attach(self._files.collect())  # type: ignore[no-untyped-call]
+
+
+class _Live:
+    """Values read at scrape time from state that every worker shares, not from files."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        room = self._metrics.new_call_room
+        if room is not None:
+            yield GaugeMetricFamily(
+                "callgate_new_call_slots",
+                "First turns of new calls that would be admitted now (limits.new_call_max_in_flight"
+                " less the turns in flight, server-wide).",
+                value=room(),
+            )
 
 
 class Metrics:
@@ -150,11 +169,26 @@ class Metrics:
             registry=registry,
             multiprocess_mode="max",
         )
+        self.admissions = Counter(
+            "callgate_admissions",
+            "Admission decisions by the kind of turn: the first turn of a call or one of a call "
+            "in progress (unclassified: refused at the total limit, before the body was parsed).",
+            ["call", "decision"],
+            registry=registry,
+        )
+        # How many first turns could be admitted now: read from the server-wide count at each
+        # scrape (`Admission.new_call_room`, set by the switchboard once the engine is up).
+        self.new_call_room: Callable[[], int] | None = None
+        registry.register(_Live(self))  # type: ignore[arg-type]
         self.exemplars = ExemplarStore() if multiprocess() else None
         self._scrape_lock = asyncio.Lock()
 
     def declare(self, models: list[str]) -> None:
         """Create every label combination up front so dashboards see zeros, not gaps."""
+        for call in (*CallClass, UNCLASSIFIED):
+            for decision in ("admitted", "refused"):
+                if call != UNCLASSIFIED or decision == "refused":
+                    self.admissions.labels(call, decision)
         for model in models:
             for outcome in Outcome:
                 self.requests.labels(model, outcome)
@@ -183,6 +217,7 @@ class Metrics:
             return exposition(accept, self.registry, REGISTRY)
         combined = CollectorRegistry()
         combined.register(_Combined(self.exemplars))  # type: ignore[arg-type]
+        combined.register(_Live(self))  # type: ignore[arg-type]
         return exposition(accept, combined)
 
 

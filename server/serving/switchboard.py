@@ -14,15 +14,21 @@ by the runtime (`Runtime.refused`), which also owns draining.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from server.base.errors import EngineUnavailable, Overloaded, retry_after
+from server.base.outcomes import Outcome
 from server.base.settings import Settings
 from server.engine.api import Engine
 from server.serving.admission import Admission
+from server.serving.call_bus import CallBus
+from server.serving.calls import UNCLASSIFIED, CallClass, OpenTurn, priority
 from server.serving.metrics import Metrics
 from server.serving.progress import Progress
 from server.serving.turn import Turn, TurnPlan
@@ -35,6 +41,8 @@ from server.wire.schemas import ChatRequest, parse_request
 
 _T = TypeVar("_T")
 
+log = logging.getLogger("callgate.calls")
+
 THINK_TOKENS = ("<think>", "</think>")
 # Dialogs up to this many characters and messages are planned on the event loop (64 messages
 # render in under a millisecond with Qwen2.5's template; tokenizing is cached); larger ones in
@@ -44,6 +52,9 @@ PLAN_INLINE_MESSAGES = 64
 # Bodies up to this size are parsed on the event loop: a millisecond at most, even for one
 # dense with small objects (about 0.12 ms a KiB); larger ones in a thread (`Switchboard.parse`).
 PARSE_INLINE_BYTES = 8_192
+# The default level at which first turns are refused, as a share of the total limit: the rest is
+# headroom for calls in progress (benchmarks/README.md, "Calls first", has the figures behind it).
+NEW_CALL_SHARE = 0.75
 
 
 class Switchboard:
@@ -71,9 +82,26 @@ class Switchboard:
         self._banned = () if thinking else tokenizer.token_ids(*THINK_TOKENS)
         self._thinking = thinking and bool(tokenizer.token_ids(THINK_TOKENS[1]))
         self.max_in_flight = settings.limits.max_in_flight or engine.max_num_seqs
+        self.new_call_max_in_flight = min(
+            self.max_in_flight,
+            settings.limits.new_call_max_in_flight
+            or max(1, round(self.max_in_flight * NEW_CALL_SHARE)),
+        )
         # The admission count is the whole server's (shared by every worker process).
         self.admission = admission or Admission()
         self.admission.limit = self.max_in_flight
+        self.admission.new_call_limit = self.new_call_max_in_flight
+        # One open turn per call: this process's turns by number, and word from the other
+        # workers when one of them admits a newer turn of a call whose turn runs here.
+        self.calls = self.admission.calls
+        self._numbers = itertools.count(1)
+        self._turns: dict[int, Turn] = {}
+        self._bus = (
+            CallBus(os.path.dirname(admission.lock_path), admission.index, self._superseded)
+            if admission is not None and admission.lock_path
+            else None
+        )
+        metrics.new_call_room = self.admission.new_call_room
         self._retry = retry_after(settings.limits.retry_after_s)  # the headers of its 503s
         self.open_turns: set[Turn] = set()  # this process's turns
         # The stall clock: busy time since the engine last produced a token (/ready, hung exit).
@@ -91,15 +119,31 @@ class Switchboard:
         if not self.engine.alive:
             raise EngineUnavailable("the engine is not running", headers=self._retry)
         if not self.admission.try_enter():
+            # Before the parse: which kind of turn this is is not known (`unclassified`).
+            self.metrics.admissions.labels(UNCLASSIFIED, "refused").inc()
             raise Overloaded(f"more than {self.max_in_flight} turns in flight", headers=self._retry)
         try:
             self.engine.check_admission()
         except Overloaded as e:  # vLLM's own queue limits: the same 503 as ours
             self.admission.leave()
+            self.metrics.admissions.labels(UNCLASSIFIED, "refused").inc()
             raise Overloaded(e.message, headers=self._retry) from None
         except BaseException:
             self.admission.leave()
             raise
+
+    def admit_call(self, call: CallClass) -> None:
+        """Once the dialog says which kind of turn this is (`calls.classify`): a first turn is
+        refused (503 at once) above the new-call level, so that calls in progress keep their
+        headroom; a continuing turn stays. The slot stays held either way: the caller gives it
+        back (`unadmit`) on a refusal."""
+        if not self.admission.admits(call):
+            self.metrics.admissions.labels(call, "refused").inc()
+            raise Overloaded(
+                f"more than {self.new_call_max_in_flight} turns in flight: new calls wait",
+                headers=self._retry,
+            )
+        self.metrics.admissions.labels(call, "admitted").inc()
 
     def unadmit(self) -> None:
         """Give back the slot of an admitted request that did not become a turn."""
@@ -113,7 +157,9 @@ class Switchboard:
             return parse_request(body)
         return await self._off_loop(parse_request, body)
 
-    async def plan(self, request: ChatRequest, request_id: str, arrival: float) -> TurnPlan:
+    async def plan(
+        self, request: ChatRequest, request_id: str, arrival: float, call: CallClass
+    ) -> TurnPlan:
         """`plan_now`, off the event loop for a large dialog: rendering and tokenizing
         thousands of messages (several times, when history must be dropped) would otherwise
         stall every other stream of this process. Large is many characters or many messages:
@@ -123,8 +169,8 @@ class Switchboard:
             len(messages) <= PLAN_INLINE_MESSAGES
             and sum(len(m.text) for m in messages) <= PLAN_INLINE_CHARS
         ):
-            return self.plan_now(request, request_id, arrival)
-        return await self._off_loop(self.plan_now, request, request_id, arrival)
+            return self.plan_now(request, request_id, arrival, call)
+        return await self._off_loop(self.plan_now, request, request_id, arrival, call)
 
     async def _off_loop(self, work: Callable[..., _T], *args: Any) -> _T:
         """`work(*args)` in a thread, one at a time per process. A thread cannot be stopped: if
@@ -138,7 +184,9 @@ class Switchboard:
                 await asyncio.wait([done])
                 raise
 
-    def plan_now(self, request: ChatRequest, request_id: str, arrival: float) -> TurnPlan:
+    def plan_now(
+        self, request: ChatRequest, request_id: str, arrival: float, call: CallClass
+    ) -> TurnPlan:
         alias = self.settings.models.alias_for(request.model)
         spoken = self._aliases[alias]
         system = self._prompts.render(alias, request.biz_params)
@@ -172,20 +220,46 @@ class Switchboard:
             speech_filter=spoken.speech_filter,
             url_phrase=spoken.url_phrase,
             adapter=self._adapters.get(alias),
+            call=call,
+            priority=priority(call),
         )
 
     def start(self, plan: TurnPlan) -> Turn:
+        """The planned turn, started: the one open turn of its call, superseding the call's
+        previous turn if that one is still generating (here or on another worker)."""
         turn = Turn(plan, self.engine, self.metrics, self._finished, self.progress)
+        turn.number = next(self._numbers)
         self.open_turns.add(turn)
+        self._turns[turn.number] = turn
         self.metrics.in_flight.labels(plan.alias).inc()
+        session = plan.request.session_id
+        if session:
+            previous = self.calls.open_turn(session, self.admission.index, turn.number)
+            if previous is not None:
+                self._supersede(previous)
         return turn
+
+    def _supersede(self, previous: OpenTurn) -> None:
+        if previous.worker == self.admission.index:
+            self._superseded(previous.number)
+        elif self._bus is not None:
+            self._bus.send(previous.worker, previous.number)
+
+    def _superseded(self, number: int) -> None:
+        """This process's turn `number` has a newer turn of its call: it ends now."""
+        turn = self._turns.get(number)
+        if turn is not None:
+            turn.interrupt(Outcome.SUPERSEDED)
 
     # -- accounting --------------------------------------------------------------------------
 
     def _finished(self, turn: Turn) -> None:
         plan, rec, m = turn.plan, turn.record, self.metrics
         self.open_turns.discard(turn)
+        self._turns.pop(turn.number, None)
         self.admission.leave()
+        if plan.request.session_id:
+            self.calls.close_turn(plan.request.session_id, self.admission.index, turn.number)
         alias = plan.alias
         e2e = time.perf_counter() - plan.arrival
         m.in_flight.labels(alias).dec()
@@ -199,6 +273,11 @@ class Switchboard:
             for gap in rec.gaps:
                 itl.observe(gap)
         log_turn(turn, e2e, self.settings.server.log_content)
+
+    def close(self) -> None:
+        """At shutdown: no more word from the other workers."""
+        if self._bus is not None:
+            self._bus.close()
 
     # -- health ------------------------------------------------------------------------------
 

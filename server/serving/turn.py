@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from server.base.outcomes import Outcome
+from server.serving.calls import PRIORITY_FIRST, CallClass
 from server.serving.progress import Progress
 from server.text.speech import SpeechFilter
 from server.text.thinking import ThinkingFilter
@@ -80,6 +81,8 @@ class TurnPlan:
     speech_filter: bool = False  # remove what a voice cannot say (server/text/speech.py)
     url_phrase: str = "the link"  # said in place of a URL when speech_filter is on
     adapter: str | None = None  # the alias's LoRA adapter (`Adapter.name`); None: base model
+    call: CallClass = CallClass.FIRST  # the first turn of a call, or one of a call in progress
+    priority: int = PRIORITY_FIRST  # in the engine's queue: lower goes first
 
 
 @dataclass
@@ -114,6 +117,7 @@ class Turn:
         self._progress = progress
         self._abort_task: asyncio.Task[None] | None = None
         self.record = TurnRecord()
+        self.number = 0  # its number in this process (`Switchboard.start`): the call record's
         # perf_counter time of the turn's deadline: `interrupt(DEADLINE)`, and the responses'
         # cut `TURN_GRACE_S` later (`seconds_left`).
         self.deadline = plan.arrival + plan.turn_s
@@ -155,7 +159,7 @@ class Turn:
         plan = self.plan
         self.record.stage = "before_first_token"
         self._deltas = self._engine.generate(
-            plan.engine_id, plan.token_ids, plan.sampling, plan.adapter
+            plan.engine_id, plan.token_ids, plan.sampling, plan.adapter, plan.priority
         )
         self._stream = self._filtered(self._deltas) if self._filters else self._deltas
         self._deadline_timer = asyncio.get_running_loop().call_at(
@@ -197,6 +201,11 @@ class Turn:
         """What the caller hears after the engine's text: nothing after a reply that ended well,
         else the fallback sentence (after a space when words were heard)."""
         rec = self.record
+        if self._interrupt is Outcome.SUPERSEDED and rec.outcome is None:
+            # The caller spoke again and the call's newer turn has the line: nobody listens
+            # to this one, so it ends as it is, without the fallback sentence.
+            rec.outcome = Outcome.SUPERSEDED
+            return None
         if rec.outcome not in (Outcome.STOP, Outcome.LENGTH):
             # No first text in time, interrupted (deadline, shutdown), aborted elsewhere, or
             # ended without a finish reason.
@@ -332,7 +341,8 @@ class Turn:
     def interrupt(self, reason: Outcome) -> None:
         """End the turn early with the fallback ending: its deadline (`deadline`), a drain that
         ran out (`draining`), a hung engine (`error`). The engine's stream ends on the abort,
-        and `texts` says the fallback sentence after what was already said."""
+        and `texts` says the fallback sentence after what was already said. A turn superseded
+        by its call's newer one (`superseded`) ends without it."""
         if self._finished or self._interrupt is not None:
             return
         self._interrupt = reason

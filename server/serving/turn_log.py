@@ -2,7 +2,8 @@
 
 A request is logged once, on the `callgate.turn` logger, as `turn <request_id> <outcome>` with
 its fields in `extra={"turn": ...}` (`server/base/logs.py` writes them into the line, in this
-order). Both kinds start with which request, whose call, which alias and how it ended, and both
+order). Both kinds start with which request, whose call and which kind of turn of it (`call`:
+first or continuing, `server/serving/calls.py`), which alias and how it ended, and both
 say `total_ms`, so that one query finds either; a served turn adds its tokens and timings, a
 refusal its status and reason.
 """
@@ -31,6 +32,7 @@ def log_turn(turn: Turn, total_s: float, log_content: bool) -> None:
         "out_id": request.out_id,
         "model": request.model,
         "alias": plan.alias,
+        "call": plan.call,
         "outcome": rec.outcome,
         "prompt_tokens": len(plan.token_ids),
         "cached_tokens": rec.cached_tokens,
@@ -60,14 +62,16 @@ def log_refusal(
     model: str,
     alias: str,
     total_s: float,
+    call: str | None = None,
 ) -> None:
-    """The line of a request refused before it became a turn."""
+    """The line of a request refused before it became a turn (`call`: None before the parse)."""
     fields: dict[str, Any] = {
         "event": "turn",
         "request_id": request_id,
         "session_id": session_id,
         "model": model,
         "alias": alias,
+        "call": call,
         "outcome": err.outcome,
         "status": err.status,
         "error": err.message,

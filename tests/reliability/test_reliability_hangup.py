@@ -6,6 +6,8 @@ every stage of a turn can be hit on purpose:
 
 * `max_num_seqs` 4: a fifth stream waits in vLLM's queue;
 * `max_in_flight` 16: four running plus twelve queued fill the gateway; the 17th is refused;
+  `new_call_max_in_flight` 12: past twelve, only turns of calls in progress get in (tests that
+  fill the server send those: `long_body(..., continuing=True)`);
 * `max_model_len` 16384 and `max_tokens` 16000 with `ignore_eos`: a "long" turn lasts about
   40 s, far longer than any test step or the turn deadline;
 * `max_num_batched_tokens` 256: a 3400-token prompt is prefilled over about fourteen engine
@@ -52,21 +54,26 @@ from tests.wire import (
     log_since,
     logged_at,
     long_body,
+    metric,
     new_request_id,
     open_streams,
     outcomes,
     read_to_end,
     request_head,
+    samples,
+    scrape,
     turn_lines,
     wait_for,
     wait_idle,
     well_formed,
 )
+from tests.wire.http import EARLIER
 
 pytestmark = pytest.mark.slow
 
 MAX_NUM_SEQS = BUSY["engine"]["max_num_seqs"]  # 4
 MAX_IN_FLIGHT = BUSY["limits"]["max_in_flight"]  # 16
+NEW_CALL_MAX = BUSY["limits"]["new_call_max_in_flight"]  # 12
 TURN_S = BUSY["deadlines"]["turn_s"]  # 20: far above any test step, far below a LONG turn
 LONG = BUSY["sampling"]["max_tokens"]  # 16,000 (~40 s here): a turn outlasting every test step
 PREFILL_REPEATS = 140  # STORY x 140 ~ 3400 prompt tokens
@@ -150,7 +157,7 @@ def test_hang_up_while_queued_in_the_engine(busy, idle_before):
 
     async def round_() -> None:
         release_blockers, release_queued = asyncio.Event(), asyncio.Event()
-        body = long_body(LONG)
+        body = long_body(LONG, continuing=True)  # 16 at once: past the new-call level (12)
         async with async_client() as client:
             blockers = [
                 asyncio.create_task(drop_after(client, busy, body, 1, release_blockers, hung_up))
@@ -191,7 +198,7 @@ def test_hang_up_during_prefill(busy, idle_before):
     hung_up: dict[str, float] = {}
 
     async def drop_soon(client, delay: float) -> int:
-        body = long_body(LONG, prompt_repeats=PREFILL_REPEATS)
+        body = long_body(LONG, prompt_repeats=PREFILL_REPEATS, continuing=True)
         rid = new_request_id()
         headers = {"Authorization": busy.auth, "X-Request-Id": rid}
         async with client.stream("POST", f"{busy.url}/", json=body, headers=headers) as response:
@@ -231,7 +238,7 @@ def test_hang_up_mid_stream(busy, idle_before):
         async with async_client() as client:
             return await asyncio.gather(
                 *(
-                    drop_after(client, busy, long_body(LONG), 3, hung_up=hung_up)
+                    drop_after(client, busy, long_body(LONG, continuing=True), 3, hung_up=hung_up)
                     for _ in range(MAX_IN_FLIGHT)
                 )
             )
@@ -249,35 +256,44 @@ def test_hang_up_mid_stream(busy, idle_before):
 # -- overload --------------------------------------------------------------------------------
 
 
-def test_overload_is_refused_at_once_and_admitted_turns_are_unaffected(busy, idle_before):
+def test_overload_keeps_room_for_calls_in_progress(busy, idle_before):
+    """Calls first, on one worker: at the new-call level (12) a first turn is refused at once
+    while a turn of a call in progress is still admitted, up to the total (16), which refuses
+    anything; admitted turns are unaffected and refused ones never reach vLLM."""
     short = 24
+    first, continuing = long_body(short), long_body(short, continuing=True)
+    before = scrape(busy)
 
     async def scenario() -> tuple[list[httpx.Response], list[bytes]]:
         release = asyncio.Event()
         async with async_client() as client:
+
+            async def post(body: dict[str, Any]) -> httpx.Response:
+                return await client.post(f"{busy.url}/", json=body, headers=_auth(busy))
+
+            async def open_(body: dict[str, Any], n: int) -> list[httpx.Response]:
+                requests = [
+                    client.build_request("POST", f"{busy.url}/", json=body, headers=_auth(busy))
+                    for _ in range(n)
+                ]
+                return list(await asyncio.gather(*(client.send(r, stream=True) for r in requests)))
+
             blockers = [
                 asyncio.create_task(drop_after(client, busy, long_body(LONG), 1, release))
                 for _ in range(MAX_NUM_SEQS)
             ]
             running = await _wait_load(busy, lambda x: x.running == MAX_NUM_SEQS)
             assert running.running == MAX_NUM_SEQS, running
-            # Twelve short turns, admitted (role chunk out) and queued behind the blockers.
-            requests = [
-                client.build_request(
-                    "POST", f"{busy.url}/", json=long_body(short), headers=_auth(busy)
-                )
-                for _ in range(MAX_IN_FLIGHT - MAX_NUM_SEQS)
-            ]
-            streams = await asyncio.gather(*(client.send(r, stream=True) for r in requests))
+            # New calls up to the new-call level, admitted and queued behind the blockers.
+            streams = await open_(first, NEW_CALL_MAX - MAX_NUM_SEQS)
+            refused = [await post(first), await post({**first, "stream": False})]  # new calls
+            # Calls in progress still get in, up to the total.
+            streams += await open_(continuing, MAX_IN_FLIGHT - NEW_CALL_MAX)
             assert [r.status_code for r in streams] == [200] * len(streams)
             full = await _wait_load(busy, lambda x: x.in_flight == MAX_IN_FLIGHT)
             assert full.in_flight == MAX_IN_FLIGHT, full
-            refused = [
-                await client.post(f"{busy.url}/", json=long_body(short), headers=_auth(busy)),
-                await client.post(
-                    f"{busy.url}/", json={**long_body(short), "stream": False}, headers=_auth(busy)
-                ),
-            ]
+            assert metric(scrape(busy), "callgate_new_call_slots") == 0
+            refused.append(await post(continuing))  # the total holds for them too
             after = await _wait_load(busy, lambda _: True)
             assert after.running + after.waiting == MAX_IN_FLIGHT, "refused turns reached vLLM"
             release.set()  # the blockers hang up; the queued short turns run
@@ -298,11 +314,27 @@ def test_overload_is_refused_at_once_and_admitted_turns_are_unaffected(busy, idl
         assert FALLBACK not in stream.content
     changed = delta(outcomes(busy), idle_before)
     assert changed == {
-        "rejected": 2,
+        "rejected": 3,
         "length": MAX_IN_FLIGHT - MAX_NUM_SEQS,
         "client_gone": MAX_NUM_SEQS,
     }, changed
+    decisions = delta(_admissions(scrape(busy)), _admissions(before))
+    assert decisions == {
+        ("first", "admitted"): NEW_CALL_MAX,
+        ("first", "refused"): 2,
+        ("continuing", "admitted"): MAX_IN_FLIGHT - NEW_CALL_MAX,
+        ("unclassified", "refused"): 1,
+    }, decisions
+    assert metric(scrape(busy), "callgate_new_call_slots") == NEW_CALL_MAX
     _assert_idle_and_serving(busy)
+
+
+def _admissions(text: str) -> dict[tuple[str, str], float]:
+    return {
+        (labels["call"], labels["decision"]): value
+        for name, labels, value in samples(text)
+        if name == "callgate_admissions_total"
+    }
 
 
 def _auth(handle) -> dict[str, str]:
@@ -361,44 +393,54 @@ def test_reading_caller_past_the_turn_deadline_hears_a_well_formed_ending(busy, 
 # -- barge-in --------------------------------------------------------------------------------
 
 
-def test_two_turns_of_the_same_session_at_once_both_complete(busy, idle_before):
-    """A barge-in: the gateway sends the next turn of a call while the last one still runs."""
+def test_a_barge_in_supersedes_the_calls_open_turn(busy, idle_before):
+    """A barge-in: the gateway sends the call's next turn while its last one still streams. The
+    older turn is aborted in the engine at once and ends with `[DONE]` and no fallback; the
+    newer one is served. A turn of another call is untouched."""
     session = "147417592084^1341barge"
     mark = len(busy.log_text())
 
-    def body(text: str) -> dict[str, Any]:
-        messages = [
-            {"role": "assistant", "content": "Hello, this is a test opening message."},
-            {"role": "user", "content": text},
-        ]
-        return {**long_body(800), "session_id": session, "messages": messages}
+    def body(text: str, max_tokens: int, call: str = session) -> dict[str, Any]:
+        messages = [*EARLIER, {"role": "user", "content": text}]
+        return {**long_body(max_tokens), "session_id": call, "messages": messages}
 
-    async def both() -> list[bytes]:
+    async def scenario() -> tuple[bytes, httpx.Response, float]:
         async with async_client() as client:
-            requests = [
-                client.build_request("POST", f"{busy.url}/", json=body(text), headers=_auth(busy))
-                for text in ("What is this about?", "Wait, sorry, one more thing.")
-            ]
-            responses = await asyncio.gather(*(client.send(r, stream=True) for r in requests))
-            bodies = [await r.aread() for r in responses]
-            for r in responses:
-                await r.aclose()
-            return bodies
 
-    first, second = asyncio.run(both())
-    a, b = well_formed(first), well_formed(second)
-    assert a.finish_reason == b.finish_reason == "length"
-    assert a.chunks[0]["id"] != b.chunks[0]["id"]
-    assert delta(outcomes(busy), idle_before) == {"length": 2}
-    # The two turns really overlapped: each started before the other ended (server clock).
-    spans = [
-        (logged_at(fields) - fields["total_ms"] / 1000, logged_at(fields))
-        for fields in turn_lines(log_since(busy, mark))
-        if fields.get("session_id") == session
-    ]
-    assert len(spans) == 2, spans
-    (start_a, end_a), (start_b, end_b) = spans
-    assert start_a < end_b and start_b < end_a, spans
+            async def open_(payload: dict[str, Any]) -> httpx.Response:
+                request = client.build_request(
+                    "POST", f"{busy.url}/", json=payload, headers=_auth(busy)
+                )
+                return await client.send(request, stream=True)
+
+            other = await open_(body("Tell me a story.", LONG, "another-call"))
+            old = RawStream(await open_(body("Tell me a story.", LONG)))
+            await old.until(2)  # the old turn is speaking
+            barged = time.time()
+            new = await client.post(
+                f"{busy.url}/", json=body("Wait, one more thing.", 40), headers=_auth(busy)
+            )
+            old_raw = await old.rest()
+            await old.response.aclose()
+            await other.aclose()  # the other call hangs up: it was streaming all along
+            return old_raw, new, barged
+
+    old_raw, response, barged = asyncio.run(scenario())
+    assert response.status_code == 200, response.text
+    old = well_formed(old_raw)  # a final chunk and [DONE]
+    assert old.content and FALLBACK not in old.content, old.content
+    new = well_formed(response.content)
+    assert new.finish_reason == "length" and FALLBACK not in new.content
+    lines = [f for f in turn_lines(log_since(busy, mark)) if f.get("session_id") == session]
+    assert sorted(f["outcome"] for f in lines) == ["length", "superseded"], lines
+    (gone,) = [f for f in lines if f["outcome"] == "superseded"]
+    assert gone["call"] == "continuing"
+    # Aborted at once: the superseded turn's line is written within 2 s of the barge-in.
+    assert logged_at(gone) - barged < 2.0, (logged_at(gone), barged)
+    assert gone["output_tokens"] < LONG
+    changed = delta(outcomes(busy), idle_before)
+    assert changed == {"superseded": 1, "length": 1, "client_gone": 1}, changed
+    _assert_idle_and_serving(busy)
 
 
 # -- engine death with streams open (the server exits) ---------------------------------------

@@ -35,6 +35,7 @@ from tests.wire import (
     engine_core,
     load,
     log_since,
+    logged_at,
     long_body,
     metric,
     new_request_id,
@@ -52,12 +53,14 @@ pytestmark = pytest.mark.slow
 
 WORKERS = 2
 MAX_IN_FLIGHT = 3
+NEW_CALL_MAX = 2  # past two turns in flight only calls in progress get in
 LONG = 1500  # output tokens: a turn that outlasts every step of a test here
 ENV = {
     "CALLGATE_SERVER__WORKERS": str(WORKERS),
     # As configs/gpu.yaml ships it: /metrics only on the admin port, which every worker serves.
     "CALLGATE_SERVER__ADMIN_PORT": str(free_port()),
     "CALLGATE_LIMITS__MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+    "CALLGATE_LIMITS__NEW_CALL_MAX_IN_FLIGHT": str(NEW_CALL_MAX),
     "CALLGATE_SAMPLING__MAX_TOKENS": str(LONG),
 }
 _WORKER_LINE = re.compile(r"front-end worker (\d+) \(pid (\d+)\)")
@@ -165,46 +168,129 @@ def test_exemplars_survive_several_workers(two, idle):
 
 
 @pytest.mark.compat
-def test_admission_limit_is_global_and_hang_ups_abort(two, idle):
+def test_admission_is_global_and_keeps_room_for_calls_in_progress(two, idle):
+    """Calls first across workers: a burst of new calls gets exactly the new-call level, a
+    burst of turns of calls in progress the rest of the total, wherever each lands; refusals
+    are at once, and the admitted turns' hang-ups reach the engine from either worker."""
     hung_up: dict[str, float] = {}
+
+    async def burst(
+        client: httpx.AsyncClient, body: dict[str, Any], n: int
+    ) -> tuple[list[httpx.Response], list[httpx.Response]]:
+        requests = [
+            client.build_request(
+                "POST",
+                f"{two.url}/",
+                json=body,
+                headers={**_auth(two), "X-Request-Id": new_request_id()},
+            )
+            for _ in range(n)
+        ]
+        responses = await asyncio.gather(*(client.send(r, stream=True) for r in requests))
+        admitted = [r for r in responses if r.status_code == 200]
+        refused = [r for r in responses if r.status_code != 200]
+        for r in refused:
+            await r.aread()
+        for r in admitted:
+            await RawStream(r).until(2)
+        return admitted, refused
 
     async def scenario() -> tuple[list[int], list[httpx.Response]]:
         async with async_client() as client:
-            requests = [
-                client.build_request(
-                    "POST",
-                    f"{two.url}/",
-                    json=long_body(LONG),
-                    headers={**_auth(two), "X-Request-Id": new_request_id()},
-                )
-                for _ in range(4 * MAX_IN_FLIGHT)
-            ]
-            responses = await asyncio.gather(*(client.send(r, stream=True) for r in requests))
-            admitted = [r for r in responses if r.status_code == 200]
-            refused = [r for r in responses if r.status_code != 200]
-            for r in refused:
-                await r.aread()
-            streams = [RawStream(r) for r in admitted]
-            for stream in streams:
-                await stream.until(2)
-            statuses = [r.status_code for r in responses]
-            for r in admitted:  # every caller hangs up mid-stream
+            new, refused = await burst(client, long_body(LONG), 4 * MAX_IN_FLIGHT)
+            later, refused_later = await burst(
+                client, long_body(LONG, continuing=True), 4 * MAX_IN_FLIGHT
+            )
+            for r in new + later:  # every caller hangs up mid-stream
                 hung_up[r.request.headers["x-request-id"]] = time.time()
                 await r.aclose()
-            return statuses, refused
+            return [len(new), len(later)], refused + refused_later
 
-    statuses, refused = asyncio.run(scenario())
-    # Per-worker limits would admit up to WORKERS x MAX_IN_FLIGHT of these.
-    assert statuses.count(200) == MAX_IN_FLIGHT, statuses
+    admitted, refused = asyncio.run(scenario())
+    # Per-worker limits would admit up to WORKERS x the limits.
+    assert admitted == [NEW_CALL_MAX, MAX_IN_FLIGHT - NEW_CALL_MAX], admitted
     for response in refused:
         body = assert_error_shape(response, 503)
         assert body["error"]["code"] == "server_overloaded"
         assert response.headers["retry-after"].isdigit()
-    # The hang-ups reach the engine from whichever worker held them.
     assert_aborted_in_time(two, hung_up)
     assert wait_idle(two).idle, load(two)
     changed = delta(outcomes(two), idle)
-    assert changed == {"rejected": 3 * MAX_IN_FLIGHT, "client_gone": MAX_IN_FLIGHT}, changed
+    assert changed == {"rejected": 8 * MAX_IN_FLIGHT - 3, "client_gone": MAX_IN_FLIGHT}, changed
+
+
+@pytest.mark.compat
+def test_a_calls_newer_turn_on_another_worker_supersedes_its_open_turn(two, idle):
+    """One open turn per call across workers: the call's turn streams on one worker, its next
+    turn arrives on the other, and the old turn ends at once with `[DONE]` and no fallback."""
+    session = "147417592084^1341workers"
+    mark = len(two.log_text())
+    pids = _worker_pids(two)
+
+    def body(text: str, max_tokens: int) -> dict[str, Any]:
+        turn = long_body(max_tokens, continuing=True)
+        return {**turn, "session_id": session, "messages": [*turn["messages"][:-1], _user(text)]}
+
+    async def scenario() -> tuple[bytes, httpx.Response, float, set[int]]:
+        async with httpx.AsyncClient(timeout=60.0) as first:
+            old = RawStream(
+                await first.send(
+                    first.build_request(
+                        "POST", f"{two.url}/", json=body("A story.", LONG), headers=_auth(two)
+                    ),
+                    stream=True,
+                )
+            )
+            await old.until(2)
+            home = _worker_of(old.response, pids)
+            # A connection that the other worker accepted (the kernel spreads them).
+            clients = []
+            try:
+                for _ in range(50):
+                    client = httpx.AsyncClient(timeout=60.0)
+                    clients.append(client)
+                    async with client.stream("GET", f"{two.url}/health") as probe:
+                        other = _worker_of(probe, pids)
+                    if other != home:
+                        break
+                else:
+                    pytest.fail("fifty connections in a row went to one worker")
+                barged = time.time()
+                new = await client.post(
+                    f"{two.url}/", json=body("Wait, one more thing.", 8), headers=_auth(two)
+                )
+            finally:
+                for c in clients:
+                    await c.aclose()
+            old_raw = await old.rest()
+            return old_raw, new, barged, {home, other}
+
+    old_raw, new, barged, workers = asyncio.run(scenario())
+    assert workers == {0, 1}
+    assert new.status_code == 200, new.text
+    assert FALLBACK not in well_formed(new.content).content
+    old = well_formed(old_raw)
+    assert old.content and FALLBACK not in old.content, old.content
+    lines = [f for f in turn_lines(log_since(two, mark)) if f.get("session_id") == session]
+    assert sorted(f["outcome"] for f in lines) == ["length", "superseded"], lines
+    (gone,) = [f for f in lines if f["outcome"] == "superseded"]
+    assert logged_at(gone) - barged < 2.0, (logged_at(gone), barged)
+    assert wait_idle(two).idle, load(two)
+    assert delta(outcomes(two), idle) == {"superseded": 1, "length": 1}
+
+
+def _user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def _worker_of(response: httpx.Response, pids: dict[int, int]) -> int:
+    """Which worker holds the connection `response` came on (by our end's port)."""
+    _, port = response.extensions["network_stream"].get_extra_info("client_addr")
+    for index, pid in pids.items():
+        for conn in psutil.Process(pid).net_connections(kind="tcp"):
+            if conn.raddr and conn.raddr.port == port:
+                return index
+    raise AssertionError(f"no worker holds the connection from port {port}")
 
 
 # -- destructive: the engine's death uses the module's server up, a worker's gets its own -----
@@ -218,7 +304,8 @@ def test_engine_death_ends_every_workers_turns_audibly_and_exits_3(two_slot, idl
 
     async def scenario() -> list[bytes]:
         async with async_client() as client:
-            opened = await open_streams(client, srv, long_body(LONG), MAX_IN_FLIGHT, 2)
+            body = long_body(LONG, continuing=True)  # MAX_IN_FLIGHT of them: calls in progress
+            opened = await open_streams(client, srv, body, MAX_IN_FLIGHT, 2)
             core.send_signal(signal.SIGKILL)
             return await read_to_end(opened)
 

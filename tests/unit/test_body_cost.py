@@ -50,7 +50,7 @@ async def _app(
     settings = Settings(
         engine={"model": str(model)},
         models={"default": "qwen-plus", "aliases": {"qwen-plus": {"fallback_text": FALLBACK}}},
-        limits={"max_in_flight": max_in_flight},
+        limits={"max_in_flight": max_in_flight, "new_call_max_in_flight": max_in_flight},
     )
     app = create_app(settings, [HEADERS["Authorization"]], engine_factory=engine.factory)
     async with serve_in_process(app) as served:

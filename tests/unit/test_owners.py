@@ -134,7 +134,7 @@ def test_the_metrics_declare_every_outcome_as_before() -> None:
     declared = [s.labels["outcome"] for s in family.samples if s.name == "callgate_requests_total"]
     assert declared == [o.value for o in Outcome]
     assert declared == [
-        "stop", "length", "client_gone", "deadline", "error", "rejected", "invalid",
+        "stop", "length", "client_gone", "deadline", "superseded", "error", "rejected", "invalid",
         "unauthorized", "draining",
     ]  # fmt: skip
 
@@ -236,7 +236,7 @@ def test_served_and_refused_requests_log_one_line_each_in_the_one_shape(
 
     line = json.loads(JsonFormatter().format(served))
     assert list(line) == [
-        *HEAD, "out_id", "model", "alias", "outcome", "prompt_tokens", "cached_tokens",
+        *HEAD, "out_id", "model", "alias", "call", "outcome", "prompt_tokens", "cached_tokens",
         "output_tokens", "dropped_turns", "ttft_ms", "total_ms", "stream",
     ]  # fmt: skip
     assert line["message"] == "turn served stop"
@@ -248,7 +248,7 @@ def test_served_and_refused_requests_log_one_line_each_in_the_one_shape(
 
     line = json.loads(JsonFormatter().format(refused))
     assert list(line) == [
-        *HEAD, "model", "alias", "outcome", "status", "error", "total_ms",
+        *HEAD, "model", "alias", "call", "outcome", "status", "error", "total_ms",
     ]  # fmt: skip
     assert line["message"] == "turn refused invalid"
     assert (line["model"], line["alias"], line["outcome"], line["status"]) == (
@@ -258,7 +258,7 @@ def test_served_and_refused_requests_log_one_line_each_in_the_one_shape(
     text = TextFormatter().format(refused)
     assert text.endswith(
         "turn refused invalid request_id=refused session_id=call-1 model=qwen-max "
-        'alias=qwen-max outcome=invalid status=400 error="top_k must be -1 or positive" '
+        'alias=qwen-max call=first outcome=invalid status=400 error="top_k must be -1 or positive" '
         f"total_ms={line['total_ms']}"
     )
 

@@ -25,6 +25,7 @@ from server.base.exits import EXIT_ENGINE_DEAD
 from server.base.settings import Settings
 from server.engine.adapters import Adapters
 from server.engine.api import Engine
+from server.serving.calls import CallClass
 from server.serving.lifecycle import Runtime
 from server.wire.schemas import ChatRequest, parse_request
 from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, serve_in_process
@@ -32,6 +33,8 @@ from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, serve_in_proc
 AUTH = "test-code-0123456789"
 HEADERS = {"Authorization": AUTH}
 BODY = {"messages": [{"role": "user", "content": "Is my table booked?"}]}
+# A turn of a call in progress (an earlier user turn): admitted past the new-call level.
+CONTINUING = {"messages": [{"role": "user", "content": "Hello?"}, *BODY["messages"]]}
 Factory = Callable[[Settings, Adapters], Awaitable[Engine]]
 
 
@@ -131,8 +134,10 @@ def test_the_default_admission_limit_is_the_engines_max_num_seqs(tiny_model_dir:
         async with _serve(_settings(tiny_model_dir), engine.factory) as (client, runtime):
             board = runtime.switchboard
             assert board is not None and board.max_in_flight == 3
+            assert board.new_call_max_in_flight == 2  # three quarters, rounded
             calls = [
-                asyncio.create_task(client.post("/", json=BODY, headers=HEADERS)) for _ in range(3)
+                asyncio.create_task(client.post("/", json=CONTINUING, headers=HEADERS))
+                for _ in range(3)
             ]
             await _until(lambda: len(engine.requests) == 3)
             response = await client.post("/", json=BODY, headers=HEADERS)
@@ -173,7 +178,7 @@ def test_stream_false_hang_up_aborts_the_engine(tiny_model_dir: Path) -> None:
             board = runtime.switchboard
             assert board is not None
             board.admit()
-            request = board.plan_now(_request(), "hangup", time.perf_counter())
+            request = board.plan_now(_request(), "hangup", time.perf_counter(), CallClass.FIRST)
             turn = board.start(request)
             gone = asyncio.Event()
 

@@ -36,14 +36,26 @@ LEAK_MARKERS = ("Traceback", 'File "', ".py", "site-packages", "pydantic", "Exce
 # -- bodies and replies ----------------------------------------------------------------------
 
 
-def long_body(max_tokens: int, *, prompt_repeats: int = 1, **extra: Any) -> dict[str, Any]:
-    """A streaming turn that keeps the engine busy: `ignore_eos` makes its length certain."""
+# What a call in progress has said before its turn: an earlier user turn makes a turn
+# `continuing` (server/serving/calls.py), admitted past the new-call level.
+EARLIER = [
+    {"role": "user", "content": "Hello?"},
+    {"role": "assistant", "content": "Hello, how can I help?"},
+]
+
+
+def long_body(
+    max_tokens: int, *, prompt_repeats: int = 1, continuing: bool = False, **extra: Any
+) -> dict[str, Any]:
+    """A streaming turn that keeps the engine busy: `ignore_eos` makes its length certain. The
+    first turn of a call, or with `continuing` one of a call in progress."""
+    turn = {"role": "user", "content": STORY * prompt_repeats}
     return {
         "model": "qwen-plus",
         "stream": True,
         "max_tokens": max_tokens,
         "ignore_eos": True,
-        "messages": [{"role": "user", "content": STORY * prompt_repeats}],
+        "messages": [*EARLIER, turn] if continuing else [turn],
         **extra,
     }
 
