@@ -173,6 +173,7 @@ def test_admission_is_global_and_keeps_room_for_calls_in_progress(two, idle):
     burst of turns of calls in progress the rest of the total, wherever each lands; refusals
     are at once, and the admitted turns' hang-ups reach the engine from either worker."""
     hung_up: dict[str, float] = {}
+    held: list[RawStream] = []
 
     async def burst(
         client: httpx.AsyncClient, body: dict[str, Any], n: int
@@ -191,8 +192,9 @@ def test_admission_is_global_and_keeps_room_for_calls_in_progress(two, idle):
         refused = [r for r in responses if r.status_code != 200]
         for r in refused:
             await r.aread()
-        for r in admitted:
-            await RawStream(r).until(2)
+        for stream in (streams := [RawStream(r) for r in admitted]):
+            await stream.until(2)
+        held.extend(streams)  # kept: a collected stream's iterator would hang up
         return admitted, refused
 
     async def scenario() -> tuple[list[int], list[httpx.Response]]:
