@@ -31,6 +31,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from benchmarks.lib.servers import EngineShape, Side, callgate_side, launch, vll
 from benchmarks.lib.stats import percentile
 from benchmarks.lib.workloads import OPENING, PromptMaker
 
-AUTH = "sk-calls-first"
+AUTH = "sk-calls-first-benchmark-0001"
 REQUEST_MODEL = "qwen-plus"
 CONFIG = Path(__file__).with_name("sidebyside.yaml")
 KINDS = ("first", "continuing")
@@ -276,7 +277,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    work = args.out / "calls_first-work"
+    work = Path(tempfile.mkdtemp(prefix="calls_first-"))  # the tiny checkpoint, server logs
     model = args.model or str(tiny_checkpoint.build(work / "model"))
     shape = EngineShape(max_num_seqs=args.max_num_seqs)
     plan = Plan(
