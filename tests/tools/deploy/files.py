@@ -42,6 +42,8 @@ CALLGATE_METRICS = {
     "callgate_output_tokens_total": "counter",
     "callgate_cached_prompt_tokens_total": "counter",
     "callgate_engine_up": "gauge",
+    "callgate_admissions_total": "counter",
+    "callgate_new_call_slots": "gauge",
 }
 PROMETHEUS_SYNTHETIC = {"up"}  # series Prometheus itself writes for every scrape target
 CONFIG_PATH_IN_IMAGE = "/etc/callgate/gpu.yaml"

@@ -116,3 +116,6 @@ def test_dashboard_covers_what_operators_need() -> None:
     assert has(lambda e: "vllm:kv_cache_usage_perc" in e)
     assert has(lambda e: "vllm:prefix_cache_hits_total" in e and "prefix_cache_queries" in e)
     assert has(lambda e: "callgate_engine_up" in e)
+    # Calls first: admissions by kind of turn, and the room left for new calls.
+    assert has(lambda e: "callgate_admissions_total" in e and "by (call, decision)" in e)
+    assert has(lambda e: "callgate_new_call_slots" in e)
