@@ -67,6 +67,7 @@ class ScriptedEngine:
         self.aborts: list[str] = []
         self.requests: list[tuple[str, EngineParams, str | None]] = []
         self.priorities: dict[str, int] = {}  # request id: the priority it was queued at
+        self.warmed: list[tuple[list[int], str | None, int]] = []  # `warm` calls
         self.stopped = False
         self._running: dict[str, asyncio.Event] = {}
 
@@ -136,6 +137,11 @@ class ScriptedEngine:
                 yield Delta("", 0, True, "abort", 0)
         finally:
             del self._running[request_id]
+
+    async def warm(self, token_ids: list[int], adapter: str | None, priority: int) -> int:
+        """Start-up warming: recorded in `warmed`, no script played."""
+        self.warmed.append((list(token_ids), adapter, priority))
+        return 0
 
     async def abort(self, request_id: str) -> None:
         self.aborts.append(request_id)

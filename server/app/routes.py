@@ -65,16 +65,22 @@ def create_app(
     admission: Admission | None = None,
     peers_ready: Callable[[], bool] | None = None,
     adapters: Adapters | None = None,
+    warms: bool = True,
+    on_warmed: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The app of one front-end process, on the engine `engine_factory` makes (vLLM's, handed in
     by `python -m server`; a scripted one in tests). With several workers, each has its own app,
     `engine_factory` connects to the shared engine core and `admission` is the shared count.
-    `adapters`: the aliases' LoRA adapters as resolved at start-up (default: resolved now)."""
+    `adapters`: the aliases' LoRA adapters as resolved at start-up (default: resolved now).
+    `warms`: this process warms the engine's prefix cache before it is ready (with several
+    workers only one does), then calls `on_warmed`."""
     metrics = Metrics(registry or CollectorRegistry(auto_describe=True))
     metrics.declare(list(settings.models.aliases))
     if adapters is None:
         adapters = resolve_adapters(settings.models.aliases, settings.engine.extra)
-    runtime = Runtime(settings, metrics, engine_factory, admission, peers_ready, adapters)
+    runtime = Runtime(
+        settings, metrics, engine_factory, admission, peers_ready, adapters, warms, on_warmed
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -219,6 +219,27 @@ class AliasSettings(_Section):
         "is served cannot change behind you. None: the main branch at start-up (the log names "
         "its commit, to pin). Only the adapter's config and weights are downloaded.",
     )
+    filler_texts: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Short phrases (e.g. 嗯，, 好的，, 'Let me check. ') of which one, at random, "
+        "is streamed as content when nothing of the answer has been sent filler_after_s after "
+        "the request arrived; the answer follows in the same stream. Never once the answer has "
+        "started, never two, not for stream: false. End each as the answer should follow it "
+        "(a space, a comma).",
+    )
+    filler_after_s: float | None = Field(
+        None,
+        ge=0,
+        description="When to say a filler (seconds after arrival; below deadlines."
+        "first_token_s, whose fallback still comes after it). None: no filler.",
+    )
+
+    @model_validator(mode="after")
+    def _filler_has_texts(self) -> AliasSettings:
+        if self.filler_after_s is not None and not self.filler_texts:
+            raise ValueError("filler_after_s needs filler_texts")
+        return self
 
 
 class ModelsSettings(_Section):
@@ -234,6 +255,13 @@ class ModelsSettings(_Section):
         if self.default not in self.aliases:
             raise ValueError(f"models.default {self.default!r} is not in models.aliases")
         return self
+
+    warm_prompts: bool = Field(
+        True,
+        description="At start-up, before /ready says ready, run each alias's fixed system "
+        "prompt (up to its first per-call value) once through the engine, so the first turns "
+        "of the first calls find it in the prefix cache (needs engine.enable_prefix_caching).",
+    )
 
     def alias_for(self, model: str) -> str:
         """The alias a request's `model` is served as: itself when configured, else the default.
@@ -307,6 +335,17 @@ class Settings(BaseSettings):
     deadlines: DeadlinesSettings = Field(default_factory=DeadlinesSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     readiness: ReadinessSettings = Field(default_factory=ReadinessSettings)
+
+    @model_validator(mode="after")
+    def _fillers_before_the_deadline(self) -> Settings:
+        deadline = self.deadlines.first_token_s
+        for alias, spoken in self.models.aliases.items():
+            if spoken.filler_after_s is not None and spoken.filler_after_s >= deadline:
+                raise ValueError(
+                    f"models.aliases.{alias}.filler_after_s must be below "
+                    f"deadlines.first_token_s ({deadline}): the fallback would come first"
+                )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -76,6 +76,11 @@ class Engine(Protocol):
         iterator aborts the request."""
         ...
 
+    async def warm(self, token_ids: list[int], adapter: str | None, priority: int) -> int:
+        """Prefill `token_ids` once (one token generated, dropped) on every engine core, so that
+        their prefix cache holds them; the prompt tokens that were cached already."""
+        ...
+
     async def abort(self, request_id: str) -> None:
         """Abort a request; idempotent, and it must be sent even from a cancelled task."""
         ...

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -260,6 +261,21 @@ class Engine:
             raise InvalidRequest(str(e)) from None
         except _Overflow as e:
             raise Overloaded(str(e)) from None
+
+    async def warm(self, token_ids: list[int], adapter: str | None, priority: int) -> int:
+        """Prefill `token_ids` once, one greedy token generated and dropped, so that the prefix
+        cache holds their blocks (start-up warming, `server.serving.warming`); the prompt tokens
+        that were cached already. One engine core: with data parallelism, one run per rank."""
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY
+        )
+        cached = 0
+        request_id = f"warm-{secrets.token_hex(8)}"
+        async for delta in self.generate(
+            request_id, token_ids, EngineParams(params), adapter, priority
+        ):
+            cached = delta.cached_tokens
+        return cached
 
     async def abort(self, request_id: str) -> None:
         """Abort a request; idempotent, and shielded so a cancelled caller still sends it."""

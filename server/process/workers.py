@@ -85,6 +85,9 @@ class WorkerPayload:
     # Per worker, 1 once its engine client is up (the start-up watchdog). One flag each, each
     # written by its own worker: no lock that a worker dying at the wrong moment could hold.
     connected: SynchronizedArray[int]
+    # 1 once worker 0 has warmed the shared engine's prefix cache (`server.serving.warming`): the
+    # others say ready only then. Written by worker 0 alone.
+    warmed: SynchronizedArray[int]
 
 
 async def _connect(
@@ -124,8 +127,12 @@ def worker_main(
         payload.codes,
         engine_factory=partial(_connect, client, payload.connected),
         admission=Admission(payload.slots, index),
-        peers_ready=lambda: sum(payload.connected[:]) >= payload.settings.server.workers,
+        peers_ready=lambda: (
+            sum(payload.connected[:]) >= payload.settings.server.workers and payload.warmed[0] == 1
+        ),
         adapters=payload.adapters,
+        warms=index == 0,  # the engine core is shared: one warming for all
+        on_warmed=partial(payload.warmed.__setitem__, 0, 1),
     )
     runtime = app.state.runtime
 
@@ -355,9 +362,10 @@ def _run_once(
     port = socks[0][0].getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     connected: SynchronizedArray[int] = ctx.Array("i", n, lock=False)  # type: ignore[assignment]
+    warmed: SynchronizedArray[int] = ctx.Array("i", 1, lock=False)  # type: ignore[assignment]
     slots = SharedSlots.create(ctx, n, os.environ["PROMETHEUS_MULTIPROC_DIR"])
     sup.slots = slots
-    payload = WorkerPayload(settings, codes, adapters, slots, connected)
+    payload = WorkerPayload(settings, codes, adapters, slots, connected, warmed)
     log.info("starting the engine core and %d front-end workers on %s:%d", n, host, port)
     try:
         from server.engine.shared_core import SharedCore

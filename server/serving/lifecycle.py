@@ -29,16 +29,20 @@ from server.base.settings import Settings
 from server.engine.adapters import Adapters
 from server.engine.api import Engine
 from server.serving.admission import Admission
-from server.serving.calls import CallClass
+from server.serving.calls import PRIORITY_WARM, CallClass
 from server.serving.metrics import Metrics
 from server.serving.switchboard import Switchboard
 from server.serving.turn_log import log_refusal
+from server.serving.warming import warm
 from server.text.tokenizer import ChatTokenizer
 
 log = logging.getLogger("callgate")
 
 EngineFactory = Callable[[Settings, Adapters], Awaitable[Engine]]
 WATCH_INTERVAL_S = 0.5
+# Start-up warming's bound: a few prefills, milliseconds on a GPU, a second or so on a CPU. An
+# engine that takes longer is left to serve (and to its watchdog) rather than never be ready.
+WARM_TIMEOUT_S = 60.0
 
 
 class Runtime:
@@ -50,9 +54,15 @@ class Runtime:
         admission: Admission | None = None,
         peers_ready: Callable[[], bool] | None = None,
         adapters: Adapters | None = None,
+        warms: bool = True,
+        on_warmed: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.adapters = adapters or Adapters()
+        # Whether this process warms the engine's prefix cache before it is ready (with several
+        # workers only one does: they share the engine), and whom to tell when it has.
+        self._warms = warms
+        self._on_warmed = on_warmed
         self._admission = admission
         # With several workers: whether every worker has its engine (/ready is server-wide).
         self._peers_ready = peers_ready
@@ -87,6 +97,8 @@ class Runtime:
             log.debug("engine failed to start", exc_info=True)
             self._exit(EXIT_LOAD_FAILED)
             return
+        if self._warms:
+            await self._warm(tokenizer, engine)
         if self.state == "loading":
             self.state = "ready"
         self.metrics.engine_up.set(1)
@@ -101,6 +113,20 @@ class Runtime:
             self.adapters.describe(),
         )
         await self._watch(engine)
+
+    async def _warm(self, tokenizer: ChatTokenizer, engine: Engine) -> None:
+        """Each alias's fixed system prompt into the prefix cache before the server says ready
+        (`server.serving.warming`). Never fatal: a failure is logged and the server serves."""
+        s = self.settings
+        try:
+            if s.models.warm_prompts and s.engine.enable_prefix_caching:
+                async with asyncio.timeout(WARM_TIMEOUT_S):
+                    await warm(s, tokenizer, engine, PRIORITY_WARM)
+        except Exception as e:
+            log.warning("warming the system prompts failed (%s); serving without", one_line(e))
+        finally:
+            if self._on_warmed is not None:
+                self._on_warmed()
 
     async def _watch(self, engine: Engine) -> None:
         readiness = self.settings.readiness
@@ -150,7 +176,7 @@ class Runtime:
         if self.state == "draining":
             raise Draining("the server is shutting down", headers=retry)
         board = self.switchboard
-        if board is None:
+        if board is None or self.state == "loading":  # loading, or warming its prompts
             raise EngineUnavailable("the engine is still loading", headers=retry)
         if self.state in ("dead", "stopped"):
             raise EngineUnavailable("the engine is not running", headers=retry)

@@ -44,6 +44,10 @@ ITL_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
     0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
 )  # fmt: skip
+# The share of a turn's prompt served from the prefix cache: 0 (nothing, a cold prefix) apart.
+CACHED_SHARE_BUCKETS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0)
+# A call's turn index (its user turns, `calls.user_turns`) as a bounded label.
+TURN_INDEX_LABELS = ("1", "2", "3-5", "6+")
 E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0)
 
 # OpenMetrics caps an exemplar's label set at 128 characters.
@@ -115,6 +119,24 @@ class Metrics:
             "Request arrival to the first chunk with content handed to the transport.",
             ["model"],
             buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.first_clause = Histogram(
+            "callgate_time_to_first_clause_seconds",
+            "Request arrival to the end of the answer's first clause handed to the transport "
+            "(after the thinking and speech filters; a filler is not the answer): when a "
+            "clause-by-clause voice can start. A reply without clause punctuation counts at its "
+            "end.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.cached_share = Histogram(
+            "callgate_prompt_cached_share",
+            "Share of a turn's prompt tokens served from the prefix cache, by the turn's index "
+            "in its call (user turns in its dialog: 1, 2, 3-5, 6+).",
+            ["model", "turn"],
+            buckets=CACHED_SHARE_BUCKETS,
             registry=registry,
         )
         self.itl = Histogram(
@@ -192,8 +214,10 @@ class Metrics:
         for model in models:
             for outcome in Outcome:
                 self.requests.labels(model, outcome)
-            for metric in (self.ttft, self.itl, self.e2e, self.in_flight):
+            for metric in (self.ttft, self.first_clause, self.itl, self.e2e, self.in_flight):
                 metric.labels(model)
+            for turn in TURN_INDEX_LABELS:
+                self.cached_share.labels(model, turn)
             for counter in (self.prompt_tokens, self.output_tokens, self.cached_tokens):
                 counter.labels(model)
 
@@ -202,6 +226,14 @@ class Metrics:
         self.ttft.labels(model).observe(seconds, exemplar)
         if exemplar is not None and self.exemplars is not None:
             self.exemplars.add(model, seconds, exemplar)
+
+    def observe_first_clause(self, model: str, seconds: float) -> None:
+        self.first_clause.labels(model).observe(seconds)
+
+    def observe_cached_share(self, model: str, turn: int, prompt: int, cached: int) -> None:
+        """A finished turn's prefix-cache share, by its index in the call (`turn_label`)."""
+        if prompt > 0:
+            self.cached_share.labels(model, turn_label(turn)).observe(cached / prompt)
 
     async def scrape(self, accept: str) -> tuple[bytes, str]:
         """`/metrics` off the event loop: with several workers a scrape reads and merges every
@@ -219,6 +251,13 @@ class Metrics:
         combined.register(_Combined(self.exemplars))  # type: ignore[arg-type]
         combined.register(_Live(self))  # type: ignore[arg-type]
         return exposition(accept, combined)
+
+
+def turn_label(turn: int) -> str:
+    """A call's turn index as one of `TURN_INDEX_LABELS`: 1, 2, 3-5, 6+."""
+    if turn <= 2:
+        return "1" if turn <= 1 else "2"
+    return "3-5" if turn <= 5 else "6+"
 
 
 def exposition(accept: str, *registries: CollectorRegistry) -> tuple[bytes, str]:

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import logging
 import os
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from server.base.settings import Settings
 from server.engine.api import Engine
 from server.serving.admission import Admission
 from server.serving.call_bus import CallBus
-from server.serving.calls import UNCLASSIFIED, CallClass, OpenTurn, priority
+from server.serving.calls import UNCLASSIFIED, CallClass, OpenTurn, priority, user_turns
 from server.serving.metrics import Metrics
 from server.serving.progress import Progress
 from server.serving.turn import Turn, TurnPlan
@@ -220,6 +221,8 @@ class Switchboard:
             speech_filter=spoken.speech_filter,
             url_phrase=spoken.url_phrase,
             adapter=self._adapters.get(alias),
+            filler=_filler(spoken.filler_texts, spoken.filler_after_s, request.stream),
+            filler_after_s=spoken.filler_after_s or 0.0,
             call=call,
             priority=priority(call),
         )
@@ -268,6 +271,9 @@ class Switchboard:
         m.prompt_tokens.labels(alias).inc(len(plan.token_ids))
         m.output_tokens.labels(alias).inc(rec.output_tokens)
         m.cached_tokens.labels(alias).inc(rec.cached_tokens)
+        if rec.output_tokens:  # the engine ran it, so its cached count is known
+            turn_index = user_turns(plan.request.messages)
+            m.observe_cached_share(alias, turn_index, len(plan.token_ids), rec.cached_tokens)
         if rec.gaps:
             itl = m.itl.labels(alias)
             for gap in rec.gaps:
@@ -290,3 +296,9 @@ class Switchboard:
         (default `readiness.stall_s`)."""
         limit = self.settings.readiness.stall_s if seconds is None else seconds
         return self.progress.starved_s > limit
+
+
+def _filler(texts: list[str], after_s: float | None, stream: bool) -> str | None:
+    """One of the alias's filler phrases, varied from turn to turn; None when it has no filler,
+    and for `stream: false`, whose caller hears nothing before the whole answer anyway."""
+    return random.choice(texts) if texts and after_s is not None and stream else None

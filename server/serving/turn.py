@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Protocol
 from server.base.outcomes import Outcome
 from server.serving.calls import PRIORITY_FIRST, CallClass
 from server.serving.progress import Progress
+from server.text.clauses import FirstClause, first_clause_end
 from server.text.speech import SpeechFilter
 from server.text.thinking import ThinkingFilter
 from server.wire.chunks import DONE, ChunkRenderer
@@ -83,6 +84,8 @@ class TurnPlan:
     adapter: str | None = None  # the alias's LoRA adapter (`Adapter.name`); None: base model
     call: CallClass = CallClass.FIRST  # the first turn of a call, or one of a call in progress
     priority: int = PRIORITY_FIRST  # in the engine's queue: lower goes first
+    filler: str | None = None  # said when no answer has come `filler_after_s` after arrival
+    filler_after_s: float = 0.0
 
 
 @dataclass
@@ -92,6 +95,8 @@ class TurnRecord:
     outcome: Outcome | None = None  # set when the turn ends
     stage: str = "before_response"  # where the turn was when it ended abnormally
     ttft: float | None = None
+    first_clause: float | None = None  # arrival to the end of the first clause sent
+    filler: float | None = None  # arrival to the filler, when one was said
     output_tokens: int = 0
     cached_tokens: int = 0
     error: str | None = None
@@ -128,6 +133,10 @@ class Turn:
         self.speech = SpeechFilter(plan.url_phrase) if plan.speech_filter else None
         self._filters: list[TextFilter] = [f for f in (self._thinking, self.speech) if f]
         self._said: list[str] = []  # `stream: false`: the reply so far
+        self._waiting: asyncio.Future[Delta | None] | None = None  # the first text, with a filler
+        self._fillers = 0  # 1 while the filler is the next text the rendering sees
+        self._clause = FirstClause()  # where the first clause of what is said ends
+        self._sent: list[float] = []  # when each text was sent, until the first clause ended
         self._heard = False  # text of the reply has been given to the caller
         self._engine_done = False  # the engine's stream has ended: nothing to abort
 
@@ -171,9 +180,15 @@ class Turn:
         (else nothing: the outcome is `deadline`), then the per-token hot path, kept to a few
         operations a delta. Returns when the engine's stream has ended, one way or another."""
         plan, rec, stream = self.plan, self.record, self._stream
+        if plan.filler is not None:
+            waiting = self._waiting = asyncio.ensure_future(self._first_text(stream))
+            if await self._filler_due(waiting):
+                rec.filler = time.perf_counter() - plan.arrival
+                self._fillers = 1
+                yield plan.filler
         try:
             async with asyncio.timeout_at(_loop_time_at(plan.arrival + plan.first_token_s)):
-                first = await self._first_text(stream)
+                first = await (self._waiting or self._first_text(stream))
         except TimeoutError:
             rec.outcome = Outcome.DEADLINE
             return  # the engine is still at it: `_clean_up` aborts it
@@ -196,6 +211,18 @@ class Turn:
                     if delta.finished:
                         self._set_reason(delta.finish_reason)
         self._engine_done = True
+
+    async def _filler_due(self, waiting: asyncio.Future[Delta | None]) -> bool:
+        """Wait for the first text until the filler's time: True if it has not come by then
+        (the first-token deadline still runs after it)."""
+        delay = self.plan.arrival + self.plan.filler_after_s - time.perf_counter()
+        if delay > 0:  # else due now: nothing can have been said yet
+            try:
+                await asyncio.wait((waiting,), timeout=delay)
+            except BaseException:
+                waiting.cancel()
+                raise
+        return not waiting.done()
 
     def _end(self) -> str | None:
         """What the caller hears after the engine's text: nothing after a reply that ended well,
@@ -228,6 +255,9 @@ class Turn:
         """However the turn ended: its deadline cancelled, the engine request aborted unless
         its stream has ended, the streams closed."""
         self._deadline_timer.cancel()
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.cancel()  # the caller left during the filler: it is iterating `_stream`
+            await asyncio.wait((self._waiting,))
         if not self._engine_done:
             await self._engine.abort(self.plan.engine_id)
         if self._stream is not self._deltas:
@@ -236,7 +266,7 @@ class Turn:
 
     def _joiner(self) -> str:
         """A space before the fallback sentence when the caller has already heard words."""
-        return " " if self._heard else ""
+        return " " if self._heard or self.record.filler is not None else ""
 
     async def _filtered(self, deltas: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
         """The engine's deltas with their text through the filters (reasoning out, then what a
@@ -284,12 +314,13 @@ class Turn:
         """The streamed reply, chunk by chunk."""
         r = self.plan.renderer
         yield r.role()
-        first = True
+        first_clause = True  # until the first clause has been sent: then only this check
         async for text in self.texts():
-            if first:
-                first = False
-                self._observe_ttft()
+            if first_clause:
+                first_clause = self._first_words(text)
             yield r.content(text)
+        if first_clause and self._clause.finish():  # the reply ended inside its first clause
+            self._observe_first_clause(self._sent[self._clause.end_piece or 0])
         yield r.final(self.finish_reason)
         if self.plan.request.include_usage:
             yield r.usage(
@@ -305,6 +336,8 @@ class Turn:
             said.append(text)
         if said:
             self._observe_ttft()
+            if first_clause_end("".join(said)) is not None:  # it all arrives at once
+                self._observe_first_clause(time.perf_counter())
         self.finish()
         return self._body()
 
@@ -326,6 +359,27 @@ class Turn:
             self.record.output_tokens,
             self.record.cached_tokens,
         )
+
+    def _first_words(self, text: str) -> bool:
+        """A text about to be sent, until the first clause has been: the first time the answer
+        is heard (TTFT) and the end of its first clause, neither of which the filler is.
+        False once the first clause has been timed."""
+        if self._fillers:
+            self._fillers = 0
+            return True
+        if self.record.ttft is None:
+            self._observe_ttft()
+        self._sent.append(time.perf_counter())
+        if self._clause.feed(text):
+            self._observe_first_clause(self._sent[self._clause.end_piece or 0])
+            return False
+        return True
+
+    def _observe_first_clause(self, sent: float) -> None:
+        # The caller's voice can start once the first clause is whole: timed when the text that
+        # completed it was sent (a `.` waits for the next character, not for this clock).
+        self.record.first_clause = seconds = sent - self.plan.arrival
+        self._metrics.observe_first_clause(self.plan.alias, seconds)
 
     def _observe_ttft(self) -> None:
         # The caller hears the first content now: measured here, at the edge.

@@ -39,12 +39,15 @@ def log_turn(turn: Turn, total_s: float, log_content: bool) -> None:
         "output_tokens": rec.output_tokens,
         "dropped_turns": plan.dropped_turns,
         "ttft_ms": None if rec.ttft is None else _ms(rec.ttft),
+        "first_clause_ms": None if rec.first_clause is None else _ms(rec.first_clause),
         "total_ms": _ms(total_s),
         "stream": request.stream,
     }
     if turn.speech is not None:
         # Which prompts make the model write for a screen: characters kept from the voice.
         fields["speech_filtered"] = turn.speech.filtered
+    if rec.filler is not None:  # a filler was said while the caller waited for the answer
+        fields["filler_ms"] = _ms(rec.filler)
     if rec.outcome == Outcome.CLIENT_GONE:
         fields["disconnect_stage"] = rec.stage
     if rec.error:

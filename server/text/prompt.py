@@ -53,14 +53,51 @@ class SystemPrompts:
         self._templates = {alias: env.from_string(src) for alias, src in templates.items()}
 
     def render(self, alias: str, biz: Mapping[str, Any] | None) -> str:
+        return self._render(alias, dict(biz or {}))
+
+    def fixed_prefix(self, alias: str) -> str:
+        """The start of the alias's system prompt that is the same for every call: the text
+        before its first per-call value (all of it when it has none), for start-up warming.
+
+        Found by rendering with no biz_params and with two probes whose every value is a
+        different marker, and keeping what the three have in common. A condition on a value's
+        content (`{% if biz.tier == "gold" %}`) can hide from the probes; a prefix found too
+        long only wastes the warming, it changes no call. A template that fails on the probes
+        (arithmetic on a value) has no prefix known: ""."""
         try:
-            return self._templates[alias].render(biz=dict(biz or {})).strip()
+            probes: tuple[dict[str, Any], ...] = ({}, _Probe("\x1fa"), _Probe("\x1fb"))
+            renders = [self._render(alias, biz) for biz in probes]
+        except InvalidRequest:
+            return ""
+        first = renders[0]
+        end = next(
+            (i for i, chars in enumerate(zip(*renders, strict=False)) if len(set(chars)) > 1), None
+        )
+        return first[: min(map(len, renders)) if end is None else end]
+
+    def _render(self, alias: str, biz: Mapping[str, Any]) -> str:
+        try:
+            return self._templates[alias].render(biz=biz).strip()
         except (TemplateError, TypeError, ValueError, ArithmeticError, RecursionError) as e:
             # The operator's template met this call's data and could not cope: the request's
             # biz_params are the variable part, so the caller gets a 400 naming the alias.
             raise InvalidRequest(
                 f"biz_params do not fit the system prompt of model {alias!r}: {e}"
             ) from None
+
+
+class _Probe(dict[str, Any]):
+    """biz_params whose every value is `marker` (`SystemPrompts.fixed_prefix`)."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self._marker = marker
+
+    def __missing__(self, key: str) -> str:
+        return self._marker
+
+    def get(self, key: str, default: Any = None) -> str:  # type: ignore[override]
+        return self._marker
 
 
 def assemble(system_prompt: str, turns: Sequence[Message]) -> list[Message]:

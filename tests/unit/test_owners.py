@@ -237,7 +237,7 @@ def test_served_and_refused_requests_log_one_line_each_in_the_one_shape(
     line = json.loads(JsonFormatter().format(served))
     assert list(line) == [
         *HEAD, "out_id", "model", "alias", "call", "outcome", "prompt_tokens", "cached_tokens",
-        "output_tokens", "dropped_turns", "ttft_ms", "total_ms", "stream",
+        "output_tokens", "dropped_turns", "ttft_ms", "first_clause_ms", "total_ms", "stream",
     ]  # fmt: skip
     assert line["message"] == "turn served stop"
     assert (line["session_id"], line["out_id"], line["model"], line["alias"]) == (
