@@ -16,7 +16,8 @@ from tests.conftest import REPO_ROOT
 
 # Four servers of its own (vLLM's and callgate's, one and two front ends); the GPU host runs the
 # script on its release, so it runs there too.
-pytestmark = [pytest.mark.slow, pytest.mark.compat]
+# Only on the GPU host's release (`make test-compat`): it is that host's script.
+pytestmark = [pytest.mark.slow, pytest.mark.compat, pytest.mark.compat_only]
 
 # Within the suite's 600 s cap per test: past it, the script is stopped as Ctrl-C stops it (it
 # then stops its server), not left running with its server when pytest-timeout ends the test.
