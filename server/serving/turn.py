@@ -167,9 +167,14 @@ class Turn:
         turn's deadline, when it interrupts itself."""
         plan = self.plan
         self.record.stage = "before_first_token"
-        self._deltas = self._engine.generate(
-            plan.engine_id, plan.token_ids, plan.sampling, plan.adapter, plan.priority
-        )
+        if self._interrupt is not None:
+            # Ended before it reached the engine (its call's newer turn came first, a drain):
+            # nothing is asked, and `_end` says what such an ending says.
+            self._deltas = _no_deltas()
+        else:
+            self._deltas = self._engine.generate(
+                plan.engine_id, plan.token_ids, plan.sampling, plan.adapter, plan.priority
+            )
         self._stream = self._filtered(self._deltas) if self._filters else self._deltas
         self._deadline_timer = asyncio.get_running_loop().call_at(
             _loop_time_at(self.deadline), self.interrupt, Outcome.DEADLINE
@@ -412,6 +417,12 @@ class Turn:
         if self.record.outcome is None:
             self.record.outcome = Outcome.CLIENT_GONE
         self._on_finish(self)
+
+
+async def _no_deltas() -> AsyncGenerator[Delta, None]:
+    """An engine stream that ends at once, for a turn that never reached the engine."""
+    return
+    yield
 
 
 def _loop_time_at(perf_deadline: float) -> float:

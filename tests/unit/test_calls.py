@@ -6,8 +6,10 @@ The real engine's side (vLLM's queue order, two workers) is in tests/reliability
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from server.serving.calls import (
     entries,
     user_turns,
 )
+from server.wire.schemas import parse_request
 from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, serve_in_process
 from tests.wire import metric, parse_chat_stream
 
@@ -315,3 +318,28 @@ def test_a_call_bus_datagram_reaches_the_other_worker() -> None:
 
     with tempfile.TemporaryDirectory() as d:
         assert asyncio.run(scenario(d)) == [42]
+
+
+def test_a_turn_superseded_before_it_reached_the_engine_never_does(tiny_model_dir: Path) -> None:
+    """The call's newer turn is admitted before the older one's response began: the older one
+    asks the engine nothing and ends at once with [DONE], no fallback."""
+    engine = ScriptedEngine(["Sure."])
+
+    async def scenario() -> tuple[bytes, bytes, Any]:
+        async with serve_in_process(_app(tiny_model_dir, engine, max_in_flight=8)) as (_, runtime):
+            board = runtime.switchboard
+            body = _body("a", continuing=True, session="call-1")
+            request = parse_request(json.dumps(body).encode())
+            turns = []
+            for rid in ("old", "new"):
+                board.admit()
+                plan = board.plan_now(request, rid, time.perf_counter(), CallClass.CONTINUING)
+                turns.append(board.start(plan))
+            old, new = [b"".join([chunk async for chunk in t.sse()]) for t in turns]
+            return old, new, turns
+
+    old, new, turns = asyncio.run(scenario())
+    assert [rid for rid, _, _ in engine.requests] == [turns[1].plan.engine_id]
+    assert parse_chat_stream(old).content == ""
+    assert parse_chat_stream(new).content == "Sure."
+    assert turns[0].record.outcome == "superseded"
