@@ -142,5 +142,6 @@ class Completion(Response):
             if not gone and body is not None:
                 response = Response(body, media_type="application/json", headers=self.extra_headers)
                 await response(scope, receive, send)
+                self.turn.delivered()  # the whole body is out: a call it ends may hang up
         finally:
             self.turn.finish()

@@ -86,6 +86,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.begin()
         yield
+        await runtime.close_hangups()
         runtime.close()
 
     docs = settings.server.docs

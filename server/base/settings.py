@@ -205,6 +205,19 @@ class AliasSettings(_Section):
         max_length=200,
         description="Said in place of a URL when speech_filter is on (e.g. 链接 for Chinese).",
     )
+    end_call: bool = Field(
+        False,
+        description="The model may end the call: its system prompt says how (after its goodbye "
+        "it writes [END_CALL], never spoken: server/text/end_call.py), and once the reply has "
+        "been sent, callgate asks Alibaba's engine to hang up after the playback "
+        "(HangupOperate, the `hangup` section).",
+    )
+    closing_text: str = Field(
+        "Thank you for calling. Goodbye!",
+        min_length=1,
+        max_length=500,
+        description="With end_call: spoken when the model ends the call without saying anything.",
+    )
     lora: str | None = Field(
         None,
         min_length=1,
@@ -321,6 +334,33 @@ class ReadinessSettings(_Section):
     )
 
 
+class HangupSettings(_Section):
+    region: str | None = Field(
+        None,
+        description="Region of Alibaba Cloud's communication engine API (AICCS, HangupOperate), "
+        "e.g. cn-shanghai. With neither region nor endpoint, calls the models end are not hung "
+        "up (counted not_configured). The key comes from the SDK's credential chain "
+        "(ALIBABA_CLOUD_ACCESS_KEY_ID and _SECRET, the profile file, an ECS or RRSA RAM role), "
+        "never from here.",
+    )
+    endpoint: str | None = Field(
+        None,
+        description="The API's host, instead of the SDK's for the region (aiccs.aliyuncs.com); "
+        "http://host:port for a local stand-in (tests).",
+    )
+    timeout_s: float = Field(3.0, gt=0, le=30, description="Limit of one HangupOperate attempt.")
+    attempts: int = Field(
+        3,
+        ge=1,
+        le=5,
+        description="Attempts at most; network errors, timeouts, throttling and 5xx are "
+        "retried, an error answer (4xx) is not.",
+    )
+    backoff_s: float = Field(
+        0.5, ge=0, le=10, description="Wait before the second attempt; doubled before each next."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CALLGATE_", env_nested_delimiter="__", extra="forbid"
@@ -335,6 +375,7 @@ class Settings(BaseSettings):
     deadlines: DeadlinesSettings = Field(default_factory=DeadlinesSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     readiness: ReadinessSettings = Field(default_factory=ReadinessSettings)
+    hangup: HangupSettings = Field(default_factory=HangupSettings)
 
     @model_validator(mode="after")
     def _fillers_before_the_deadline(self) -> Settings:

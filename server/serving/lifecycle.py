@@ -30,6 +30,7 @@ from server.engine.adapters import Adapters
 from server.engine.api import Engine
 from server.serving.admission import Admission
 from server.serving.calls import PRIORITY_WARM, CallClass
+from server.serving.hangup import Hangups
 from server.serving.metrics import Metrics
 from server.serving.switchboard import Switchboard
 from server.serving.turn_log import log_refusal
@@ -40,6 +41,7 @@ log = logging.getLogger("callgate")
 
 EngineFactory = Callable[[Settings, Adapters], Awaitable[Engine]]
 WATCH_INTERVAL_S = 0.5
+HANGUP_GRACE_S = 3.0  # at shutdown, for hang-ups still waiting on Alibaba's answer
 # Start-up warming's bound: a few prefills, milliseconds on a GPU, a second or so on a CPU. An
 # engine that takes longer is left to serve (and to its watchdog) rather than never be ready.
 WARM_TIMEOUT_S = 60.0
@@ -74,6 +76,8 @@ class Runtime:
         # Set by the process runner: how to make the HTTP server stop.
         self.request_exit: Callable[[], None] = lambda: None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Calls the model ends, hung up in the background after their replies (`close_hangups`).
+        self.hangups = Hangups(settings.hangup, metrics.count_hangup)
 
     # -- start -------------------------------------------------------------------------------
 
@@ -89,7 +93,9 @@ class Runtime:
                 enable_thinking=s.sampling.enable_thinking,
             )
             engine = await self._engine_factory(s, self.adapters)
-            board = Switchboard(s, engine, tokenizer, self.metrics, self._admission)
+            board = Switchboard(
+                s, engine, tokenizer, self.metrics, self._admission, hangups=self.hangups
+            )
             self.switchboard = board
         except Exception as e:
             # One line says why; the traceback is for the debug log (`server.log_level: debug`).
@@ -253,6 +259,11 @@ class Runtime:
         end = time.monotonic() + seconds
         while busy() and time.monotonic() < end:
             await asyncio.sleep(0.05)
+
+    async def close_hangups(self) -> None:
+        """Lifespan shutdown, before `close`: hang-ups still in flight get a few seconds,
+        then are cancelled (and counted)."""
+        await self.hangups.close(HANGUP_GRACE_S)
 
     def close(self) -> None:
         """Stop the engine (lifespan shutdown)."""

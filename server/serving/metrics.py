@@ -34,6 +34,7 @@ from prometheus_client.utils import floatToGoString
 
 from server.base.outcomes import Outcome
 from server.serving.calls import UNCLASSIFIED, CallClass
+from server.serving.hangup import HangupOutcome
 
 # Dense where callers notice (tens of ms to about a second), sparse up to ten seconds.
 TTFT_BUCKETS = (
@@ -191,6 +192,13 @@ class Metrics:
             registry=registry,
             multiprocess_mode="max",
         )
+        self.hangups = Counter(
+            "callgate_hangups",
+            "Calls the model ended (end_call), by what became of their HangupOperate request: "
+            "sent, rejected, failed, no_session, not_configured, duplicate, cancelled.",
+            ["model", "outcome"],
+            registry=registry,
+        )
         self.admissions = Counter(
             "callgate_admissions",
             "Admission decisions by the kind of turn: the first turn of a call or one of a call "
@@ -220,6 +228,11 @@ class Metrics:
                 self.cached_share.labels(model, turn)
             for counter in (self.prompt_tokens, self.output_tokens, self.cached_tokens):
                 counter.labels(model)
+            for hangup in HangupOutcome:
+                self.hangups.labels(model, hangup)
+
+    def count_hangup(self, model: str, outcome: HangupOutcome) -> None:
+        self.hangups.labels(model, outcome).inc()
 
     def observe_ttft(self, model: str, seconds: float, session_id: str | None) -> None:
         exemplar = {"session_id": session_id[:EXEMPLAR_MAX]} if session_id else None

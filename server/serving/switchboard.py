@@ -30,11 +30,12 @@ from server.engine.api import Engine
 from server.serving.admission import Admission
 from server.serving.call_bus import CallBus
 from server.serving.calls import UNCLASSIFIED, CallClass, OpenTurn, priority, user_turns
+from server.serving.hangup import Hangups
 from server.serving.metrics import Metrics
 from server.serving.progress import Progress
 from server.serving.turn import Turn, TurnPlan
 from server.serving.turn_log import log_turn
-from server.text.prompt import PromptBuilder, SystemPrompts, assemble
+from server.text.prompt import PromptBuilder, SystemPrompts, alias_template, assemble
 from server.text.sampling import sampling_kwargs
 from server.text.tokenizer import ChatTokenizer
 from server.wire.chunks import ChunkRenderer
@@ -66,12 +67,17 @@ class Switchboard:
         tokenizer: ChatTokenizer,
         metrics: Metrics,
         admission: Admission | None = None,
+        hangups: Hangups | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.metrics = metrics
         self._aliases = settings.models.aliases
-        self._prompts = SystemPrompts({a: s.system_prompt for a, s in self._aliases.items()})
+        self._prompts = SystemPrompts(
+            {a: alias_template(s.system_prompt, s.end_call) for a, s in self._aliases.items()}
+        )
+        # Calls the model ends are hung up through these (the runtime's, which it closes).
+        self.hangups = hangups or Hangups(settings.hangup, metrics.count_hangup)
         self._adapters = {a: adapter.name for a, adapter in engine.adapters.by_alias.items()}
         self._builder = PromptBuilder(
             tokenizer, engine.max_model_len, reserve=settings.sampling.max_tokens
@@ -221,6 +227,8 @@ class Switchboard:
             speech_filter=spoken.speech_filter,
             url_phrase=spoken.url_phrase,
             adapter=self._adapters.get(alias),
+            end_call=spoken.end_call,
+            closing_text=spoken.closing_text,
             filler=_filler(spoken.filler_texts, spoken.filler_after_s, request.stream),
             filler_after_s=spoken.filler_after_s or 0.0,
             call=call,
@@ -232,6 +240,8 @@ class Switchboard:
         previous turn if that one is still generating (here or on another worker)."""
         turn = Turn(plan, self.engine, self.metrics, self._finished, self.progress)
         turn.number = next(self._numbers)
+        if plan.end_call:
+            turn.on_end_call = self._end_call
         self.open_turns.add(turn)
         self._turns[turn.number] = turn
         self.metrics.in_flight.labels(plan.alias).inc()
@@ -253,6 +263,14 @@ class Switchboard:
         turn = self._turns.get(number)
         if turn is not None:
             turn.interrupt(Outcome.SUPERSEDED)
+
+    def _end_call(self, turn: Turn) -> None:
+        """The turn's reply ended the call and has been delivered: hang the call up, once
+        across workers (the per-call record's claim)."""
+        plan = turn.plan
+        self.hangups.request(
+            plan.alias, plan.request.session_id, plan.request_id, self.calls.claim_hangup
+        )
 
     # -- accounting --------------------------------------------------------------------------
 

@@ -17,6 +17,11 @@ With the alias's `speech_filter` on (`TurnPlan.speech_filter`), the text then pa
 (a possibly split marker) is released with the engine's last delta. Filters change text only:
 counts, the stall clock and finish reasons are the engine's.
 
+With the alias's `end_call` on (`TurnPlan.end_call`), an `EndCallFilter` between the two takes
+the model's end-of-call marker out of the text (`server/text/end_call.py`); a reply that is only
+the marker says the alias's closing sentence. Once such a reply has ended well and its last byte
+is out (`delivered`), the switchboard asks for the call's hang-up (`server/serving/hangup.py`).
+
 The turn owns its outcome and its ending, for streams and `stream: false` alike. Its deadline
 (`turn_s` after arrival) and a shutdown that cannot wait take the same path, `interrupt`: the
 engine request is aborted, the engine's stream ends, and the reply ends with what was said so
@@ -43,6 +48,7 @@ from server.base.outcomes import Outcome
 from server.serving.calls import PRIORITY_FIRST, CallClass
 from server.serving.progress import Progress
 from server.text.clauses import FirstClause, first_clause_end
+from server.text.end_call import EndCallFilter
 from server.text.speech import SpeechFilter
 from server.text.thinking import ThinkingFilter
 from server.wire.chunks import DONE, ChunkRenderer
@@ -82,6 +88,8 @@ class TurnPlan:
     speech_filter: bool = False  # remove what a voice cannot say (server/text/speech.py)
     url_phrase: str = "the link"  # said in place of a URL when speech_filter is on
     adapter: str | None = None  # the alias's LoRA adapter (`Adapter.name`); None: base model
+    end_call: bool = False  # the model may end the call with a marker (server/text/end_call.py)
+    closing_text: str = ""  # said when the model ends the call without a word
     call: CallClass = CallClass.FIRST  # the first turn of a call, or one of a call in progress
     priority: int = PRIORITY_FIRST  # in the engine's queue: lower goes first
     filler: str | None = None  # said when no answer has come `filler_after_s` after arrival
@@ -131,7 +139,13 @@ class Turn:
         self._finished = False
         self._thinking = ThinkingFilter() if plan.thinking else None
         self.speech = SpeechFilter(plan.url_phrase) if plan.speech_filter else None
-        self._filters: list[TextFilter] = [f for f in (self._thinking, self.speech) if f]
+        # The end-call marker is taken out after the reasoning and before the speech filter,
+        # which would otherwise change it (`[`, `_`) before it is recognised.
+        self.end_call = EndCallFilter() if plan.end_call else None
+        filters = (self._thinking, self.end_call, self.speech)
+        self._filters: list[TextFilter] = [f for f in filters if f]
+        # Called once the reply of a turn that ends the call has been delivered (`delivered`).
+        self.on_end_call: Callable[[Turn], None] | None = None
         self._said: list[str] = []  # `stream: false`: the reply so far
         self._waiting: asyncio.Future[Delta | None] | None = None  # the first text, with a filler
         self._fillers = 0  # 1 while the filler is the next text the rendering sees
@@ -244,6 +258,8 @@ class Turn:
             rec.outcome = rec.outcome or self._interrupt or Outcome.ERROR
             return self._joiner() + self.plan.fallback_text
         if self._filters and not self._heard:
+            if self.end_call is not None and self.end_call.signalled:
+                return self.plan.closing_text  # the model ended the call without a word
             # All reasoning, or nothing a voice can say (an emoji, a code block): the caller
             # hears the fallback, never silence and never the reasoning.
             return self.plan.fallback_text
@@ -333,6 +349,7 @@ class Turn:
             )
         yield DONE
         self.finish()
+        self.delivered()
 
     async def completion(self) -> bytes:
         """The whole reply as one `chat.completion` body (`stream: false`)."""
@@ -408,6 +425,23 @@ class Turn:
         self._abort_task = asyncio.get_running_loop().create_task(
             self._engine.abort(self.plan.engine_id)
         )
+
+    @property
+    def ends_call(self) -> bool:
+        """The model ended the call (its marker) in a reply that ended well: not cut off,
+        aborted, superseded or left by its caller."""
+        return (
+            self.end_call is not None
+            and self.end_call.signalled
+            and self.record.outcome in (Outcome.STOP, Outcome.LENGTH)
+        )
+
+    def delivered(self) -> None:
+        """The reply's last byte (`[DONE]`, or the whole `stream: false` body) has been handed
+        to the caller's connection: a call the model ended may now be hung up."""
+        if self.ends_call and self.on_end_call is not None:
+            on_end_call, self.on_end_call = self.on_end_call, None  # once
+            on_end_call(self)
 
     def finish(self) -> None:
         """Account for the turn exactly once; one that never ended itself lost its caller."""

@@ -27,6 +27,7 @@ from jinja2 import ChainableUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from server.base.errors import ContextTooLong, InvalidRequest
+from server.text.end_call import INSTRUCTION as END_CALL_INSTRUCTION
 
 Message = tuple[str, str]  # (role, text): one message of the dialog
 
@@ -98,6 +99,16 @@ class _Probe(dict[str, Any]):
 
     def get(self, key: str, default: Any = None) -> str:  # type: ignore[override]
         return self._marker
+
+
+def alias_template(template: str, end_call: bool) -> str:
+    """The alias's system prompt template, and after it, when the alias may end calls, how to
+    (`server/text/end_call.py`): its role first, then the rule and its examples."""
+    if not end_call:
+        return template
+    if not template.strip():
+        return END_CALL_INSTRUCTION
+    return f"{template.rstrip()}\n\n{END_CALL_INSTRUCTION}"
 
 
 def assemble(system_prompt: str, turns: Sequence[Message]) -> list[Message]:
