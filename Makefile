@@ -78,6 +78,8 @@ bench: venv ## side-by-side load benchmarks vs vLLM's own server -> benchmarks/r
 	  --levels 1,8,32,64 --level-s 15 --prompt-tokens 200 --output-tokens 64 \
 	  --max-num-seqs 128 --max-num-batched-tokens 2048 --workers 2 \
 	  --sides vllm,callgate-1,callgate-N,vllm-N --budget-s 1800
+	# calls first under a burst of new calls: calls first vs one limit (FCFS) vs vLLM's server
+	$(PY) -m benchmarks.calls_first --shares 0.5,0.75
 
 deploy-check: ## static checks of the compose stack, Prometheus config, dashboard, k8s
 	bash deploy/check.sh

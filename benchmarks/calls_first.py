@@ -62,6 +62,8 @@ class Plan:
     think_s: float
     phase_s: float
     seed: int
+    burst_at_s: float = 5.0  # into the phase
+    auth: str = AUTH
 
 
 @dataclass
@@ -115,7 +117,7 @@ class Call:
             "ignore_eos": True,
             "session_id": self.name,
         }
-        result = await stream_turn(self.client, self.url, body, AUTH)
+        result = await stream_turn(self.client, self.url, body, self.plan.auth)
         if tally is not None:
             tally.add("first" if self.turns == 1 else "continuing", result)
         if not result.ok:
@@ -159,7 +161,7 @@ async def _phase(client: httpx.AsyncClient, url: str, plan: Plan, burst: bool, l
     started.set()
     news: list[asyncio.Task[None]] = []
     if burst:
-        await asyncio.sleep(5.0)
+        await asyncio.sleep(plan.burst_at_s)
         for i in range(plan.burst):
             news.append(asyncio.create_task(new_call(i)))
             await asyncio.sleep(0.5 / plan.burst)
@@ -263,10 +265,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--shares", type=lambda s: [float(x) for x in s.split(",")], default=[0.75])
     ap.add_argument("--max-num-seqs", type=int, default=16)
+    ap.add_argument("--max-model-len", type=int, default=4096, help="calls grow over a phase")
     ap.add_argument("--population", type=int, default=8)
     ap.add_argument("--burst-factor", type=float, default=2.0)
     ap.add_argument("--new-call-turns", type=int, default=3)
-    ap.add_argument("--output-tokens", type=int, default=32)
+    ap.add_argument("--output-tokens", type=int, default=128)
     ap.add_argument("--user-tokens", type=int, default=16)
     ap.add_argument("--think-s", type=float, default=1.5)
     ap.add_argument("--phase-s", type=float, default=30.0)
@@ -279,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="calls_first-"))  # the tiny checkpoint, server logs
     model = args.model or str(tiny_checkpoint.build(work / "model"))
-    shape = EngineShape(max_num_seqs=args.max_num_seqs)
+    shape = EngineShape(max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)
     plan = Plan(
         population=args.population,
         burst=round(args.burst_factor * args.max_num_seqs),
@@ -302,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.calls_first " + " ".join(argv or sys.argv[1:]),
         "machine": machine.describe(),
         "date": time.strftime("%Y-%m-%d"),
-        "shape": {"max_num_seqs": shape.max_num_seqs},
+        "shape": {"max_num_seqs": shape.max_num_seqs, "max_model_len": shape.max_model_len},
         "plan": plan.__dict__,
         "realtime": all(realtimes),
         "results": results,
