@@ -156,7 +156,7 @@ def settings_for(model: Path, api: AliyunStandIn | None, **hangup: Any) -> Setti
         "speech_filter": True,
     }
     if api is not None:
-        hangup = {"endpoint": api.endpoint, "timeout_s": 0.5, "backoff_s": 0.01, **hangup}
+        hangup = {"endpoint": api.endpoint, "timeout_s": 5.0, "backoff_s": 0.01, **hangup}
     return Settings(
         engine={"model": str(model)},
         models={"default": "agent", "aliases": {"agent": agent}},
