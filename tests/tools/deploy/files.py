@@ -34,6 +34,8 @@ DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "call
 # The server's own metrics (server/serving/metrics.py) as exposed on /metrics, with their types.
 CALLGATE_METRICS = {
     "callgate_time_to_first_token_seconds": "histogram",
+    "callgate_time_to_first_clause_seconds": "histogram",
+    "callgate_prompt_cached_share": "histogram",
     "callgate_inter_token_latency_seconds": "histogram",
     "callgate_e2e_request_latency_seconds": "histogram",
     "callgate_requests_total": "counter",

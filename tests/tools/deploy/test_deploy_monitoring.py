@@ -110,6 +110,11 @@ def test_dashboard_covers_what_operators_need() -> None:
     ttft = [e for e in exprs if "callgate_time_to_first_token_seconds_bucket" in e]
     for q in ("0.5", "0.95", "0.99"):
         assert any(f"histogram_quantile({q}, sum by (le, model)" in e for e in ttft), q
+    # What callers hear first: the first clause beside TTFT, the cache share by turn index.
+    clause = [e for e in exprs if "callgate_time_to_first_clause_seconds_bucket" in e]
+    for q in ("0.5", "0.95", "0.99"):
+        assert any(f"histogram_quantile({q}, sum by (le, model)" in e for e in clause), q
+    assert has(lambda e: "callgate_prompt_cached_share_sum" in e and "by (turn)" in e)
     assert has(lambda e: "callgate_requests_total" in e and "by (outcome)" in e)
     assert has(lambda e: "callgate_requests_in_flight" in e)
     assert has(lambda e: "callgate_output_tokens_total" in e)
