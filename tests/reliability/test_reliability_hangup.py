@@ -329,6 +329,56 @@ def test_overload_keeps_room_for_calls_in_progress(busy, idle_before):
     _assert_idle_and_serving(busy)
 
 
+@pytest.mark.compat  # vLLM's priority queue (engine.scheduling_policy: priority)
+def test_a_call_in_progress_goes_ahead_of_a_new_call_in_vllms_queue(busy, idle_before):
+    """A new call's turn queues first, a call in progress's turn after it; when one running
+    turn ends, the call in progress is scheduled first (FCFS would take the new call)."""
+    short = 24
+
+    async def scenario() -> list[str]:
+        releases = [asyncio.Event() for _ in range(MAX_NUM_SEQS)]
+        heard: list[str] = []
+        async with async_client() as client:
+
+            async def listen(name: str, body: dict[str, Any]) -> bytes:
+                request = client.build_request(
+                    "POST", f"{busy.url}/", json=body, headers=_auth(busy)
+                )
+                stream = RawStream(await client.send(request, stream=True))
+                await stream.until(1)
+                heard.append(name)
+                raw = await stream.rest()
+                await stream.response.aclose()
+                return raw
+
+            blockers = [
+                asyncio.create_task(drop_after(client, busy, long_body(LONG), 1, release))
+                for release in releases
+            ]
+            running = await _wait_load(busy, lambda x: x.running == MAX_NUM_SEQS)
+            assert running.running == MAX_NUM_SEQS, running
+            new = asyncio.create_task(listen("new call", long_body(short)))
+            await _wait_load(busy, lambda x: x.waiting == 1)
+            later = asyncio.create_task(
+                listen("call in progress", long_body(short, continuing=True))
+            )
+            queued = await _wait_load(busy, lambda x: x.waiting == 2)
+            assert queued.waiting == 2, queued
+            releases[0].set()  # one running turn ends: one queued turn may start
+            bodies = await asyncio.gather(new, later)
+            for release in releases:
+                release.set()
+            await asyncio.gather(*blockers)
+        for raw in bodies:
+            assert well_formed(raw).finish_reason == "length"
+        return heard
+
+    assert asyncio.run(scenario()) == ["call in progress", "new call"]
+    changed = delta(outcomes(busy), idle_before)
+    assert changed == {"length": 2, "client_gone": MAX_NUM_SEQS}, changed
+    _assert_idle_and_serving(busy)
+
+
 def _admissions(text: str) -> dict[tuple[str, str], float]:
     return {
         (labels["call"], labels["decision"]): value
