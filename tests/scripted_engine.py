@@ -53,6 +53,7 @@ class ScriptedEngine:
         overloaded: bool = False,
         max_model_len: int = 2048,
         max_num_seqs: int = 8,
+        data_parallel_size: int = 1,
     ) -> None:
         self.script = list(script) if script is not None else self._short(pieces, reason, fail)
         self.hung = hung  # a stalled request ignores its abort
@@ -61,12 +62,14 @@ class ScriptedEngine:
         self.adapters = Adapters()
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
+        self.data_parallel_size = data_parallel_size
         self.generation_defaults: dict[str, Any] = {}
         self.version = "scripted"
         self.alive_flag = True
         self.aborts: list[str] = []
         self.requests: list[tuple[str, EngineParams, str | None]] = []
         self.priorities: dict[str, int] = {}  # request id: the priority it was queued at
+        self.ranks: dict[str, int | None] = {}  # request id: the engine core it was sent to
         self.warmed: list[tuple[list[int], str | None, int]] = []  # `warm` calls
         self.stopped = False
         self._running: dict[str, asyncio.Event] = {}
@@ -107,9 +110,11 @@ class ScriptedEngine:
         params: EngineParams,
         adapter: str | None = None,
         priority: int = 0,
+        rank: int | None = None,
     ) -> AsyncGenerator[Delta, None]:
         self.requests.append((request_id, params, adapter))
         self.priorities[request_id] = priority
+        self.ranks[request_id] = rank
         aborted = self._running[request_id] = asyncio.Event()
         try:
             for step in self.script:

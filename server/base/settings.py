@@ -153,6 +153,30 @@ class EngineSettings(_Section):
         "max_model_len (vLLM raises the default to it).",
     )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica spans.")
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Engine cores behind this address, each on its own tensor_parallel_size "
+        "GPUs (vLLM's data parallelism, as `vllm serve --data-parallel-size`): a model that "
+        "fits one GPU serves from all of them. Admission (max_num_seqs x N by default), "
+        "metrics and health are server-wide; one core dying stops the server.",
+    )
+    call_affinity: bool = Field(
+        True,
+        description="With data_parallel_size > 1: a call's later turns go to the engine core "
+        "that served it (its dialog is in that core's prefix cache), unless that core is much "
+        "busier than the least busy one (affinity_slack). Off: vLLM's own balancer places "
+        "every turn by load alone.",
+    )
+    affinity_slack: int | None = Field(
+        None,
+        ge=0,
+        description="How many more turns in flight a call's engine core may have than the least "
+        "busy core before the call moves there (a core that is full, max_num_seqs turns, while "
+        "another has room, moves it too). None: a quarter of max_num_seqs, at least 2 "
+        "(benchmarks/README.md, data parallel, has the figures).",
+    )
     quantization: str | None = Field(None, description="vLLM quantization method (awq, fp8...).")
     enforce_eager: bool = Field(False, description="No CUDA graphs / torch.compile.")
     scheduling_policy: Literal["priority", "fcfs"] = Field(

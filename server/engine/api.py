@@ -49,7 +49,8 @@ class Engine(Protocol):
 
     adapters: Adapters
     max_model_len: int
-    max_num_seqs: int
+    max_num_seqs: int  # of each engine core
+    data_parallel_size: int  # engine cores behind this client (`engine.data_parallel_size`)
     generation_defaults: dict[str, Any]  # the checkpoint's sampling defaults
     version: str  # the engine's release, for `callgate_info`
 
@@ -71,9 +72,10 @@ class Engine(Protocol):
         params: EngineParams,
         adapter: str | None,
         priority: int = 0,
+        rank: int | None = None,
     ) -> AsyncGenerator[Delta, None]:
-        """The turn's deltas, queued at `priority` (lower first); closing or cancelling the
-        iterator aborts the request."""
+        """The turn's deltas, queued at `priority` (lower first) on engine core `rank` (None:
+        the engine's choice); closing or cancelling the iterator aborts the request."""
         ...
 
     async def warm(self, token_ids: list[int], adapter: str | None, priority: int) -> int:

@@ -76,6 +76,7 @@ def engine_args(settings: EngineSettings, adapters: Adapters) -> AsyncEngineArgs
         "enable_prefix_caching": settings.enable_prefix_caching,
         "enable_chunked_prefill": settings.enable_chunked_prefill,
         "tensor_parallel_size": settings.tensor_parallel_size,
+        "data_parallel_size": settings.data_parallel_size,
         "quantization": settings.quantization,
         "enforce_eager": settings.enforce_eager,
         "trust_remote_code": settings.trust_remote_code,
@@ -105,6 +106,8 @@ class Engine:
         config = llm.model_config
         self.max_model_len: int = config.max_model_len
         self.max_num_seqs: int = llm.vllm_config.scheduler_config.max_num_seqs
+        # Engine cores behind this client (`engine.data_parallel_size`), max_num_seqs each.
+        self.data_parallel_size: int = llm.vllm_config.parallel_config.data_parallel_size
         # The checkpoint's generation_config defaults, exactly as vLLM's own server reads them.
         self.generation_defaults: dict[str, Any] = dict(config.get_diff_sampling_param())
         # A seeded sampler gets its own torch.Generator; when its prompt is prefilled in chunks,
@@ -236,10 +239,13 @@ class Engine:
         params: EngineParams,
         adapter: str | None = None,
         priority: int = 0,
+        rank: int | None = None,
     ) -> AsyncGenerator[Delta, None]:
         """Stream the turn's deltas, from the base model or through `adapter` (an
         `Adapter.name`), at `priority` in the queue (lower first; with `scheduling_policy:
-        fcfs` vLLM ignores it). Closing or cancelling the iterator aborts the request."""
+        fcfs` vLLM ignores it), on engine core `rank` (data parallel; None: vLLM's balancer
+        chooses). Closing or cancelling the iterator aborts the request (vLLM sends the abort
+        to the core that has it)."""
         assert isinstance(params, SamplingParams)
         lora = None if adapter is None else self._loras[adapter]
         prompt = _tokens_input(token_ids)
@@ -247,7 +253,12 @@ class Engine:
             priority = 0
         try:
             async for out in self._llm.generate(
-                prompt, params, request_id, lora_request=lora, priority=priority
+                prompt,
+                params,
+                request_id,
+                lora_request=lora,
+                priority=priority,
+                data_parallel_rank=rank,
             ):
                 completion = out.outputs[0]
                 yield Delta(
@@ -265,17 +276,26 @@ class Engine:
     async def warm(self, token_ids: list[int], adapter: str | None, priority: int) -> int:
         """Prefill `token_ids` once, one greedy token generated and dropped, so that the prefix
         cache holds their blocks (start-up warming, `server.serving.warming`); the prompt tokens
-        that were cached already. One engine core: with data parallelism, one run per rank."""
+        that were cached already (the fewest of any core). With data parallelism each engine
+        core has a cache of its own: one run per rank, named."""
         params = SamplingParams(
             max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY
         )
-        cached = 0
-        request_id = f"warm-{secrets.token_hex(8)}"
-        async for delta in self.generate(
-            request_id, token_ids, EngineParams(params), adapter, priority
-        ):
-            cached = delta.cached_tokens
-        return cached
+        ranks = self.data_parallel_size
+        cached = []
+        for rank in range(ranks):
+            request_id, last = f"warm-{secrets.token_hex(8)}", 0
+            async for delta in self.generate(
+                request_id,
+                token_ids,
+                EngineParams(params),
+                adapter,
+                priority,
+                rank if ranks > 1 else None,
+            ):
+                last = delta.cached_tokens
+            cached.append(last)
+        return min(cached)
 
     async def abort(self, request_id: str) -> None:
         """Abort a request; idempotent, and shielded so a cancelled caller still sends it."""

@@ -31,6 +31,7 @@ from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
 from server.serving.calls import CallClass, CallTable, entries
+from server.serving.placement import EngineLoads, load_rows, release_row
 
 
 @dataclass
@@ -40,6 +41,7 @@ class SharedSlots:
     counts: SynchronizedArray[int]  # made with lock=False: the flock below guards it
     lock_path: str
     calls: Any  # the `CallTable`'s entries (`calls.entries`), guarded by the same flock
+    loads: Any = None  # turns in flight per engine core, a row per worker (`placement`)
 
     @classmethod
     def create(cls, ctx: BaseContext, workers: int, directory: str) -> SharedSlots:
@@ -47,7 +49,8 @@ class SharedSlots:
         path = os.path.join(directory, "admission.lock")
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         counts = ctx.Array("i", workers, lock=False)
-        return cls(counts, path, entries(make=ctx.RawArray))  # type: ignore[arg-type]
+        calls = entries(make=ctx.RawArray)
+        return cls(counts, path, calls, load_rows(ctx.RawArray, workers))  # type: ignore[arg-type]
 
     @contextlib.contextmanager
     def locked(self, fd: int) -> Iterator[None]:
@@ -64,6 +67,8 @@ class SharedSlots:
             with self.locked(fd):
                 freed = int(self.counts[index])
                 self.counts[index] = 0
+                if self.loads is not None:
+                    release_row(self.loads, index)
         finally:
             os.close(fd)
         return freed
@@ -81,6 +86,11 @@ class Admission:
         self.calls = CallTable(
             shared.calls if shared is not None else None,
             self._lock if shared is not None else None,
+        )
+        self.loads = EngineLoads(
+            shared.loads if shared is not None else None,
+            self._lock if shared is not None else None,
+            index,
         )
 
     def _lock(self) -> contextlib.AbstractContextManager[None]:

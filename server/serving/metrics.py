@@ -35,6 +35,7 @@ from prometheus_client.utils import floatToGoString
 from server.base.outcomes import Outcome
 from server.serving.calls import UNCLASSIFIED, CallClass
 from server.serving.hangup import HangupOutcome
+from server.serving.placement import Affinity
 
 # Dense where callers notice (tens of ms to about a second), sparse up to ten seconds.
 TTFT_BUCKETS = (
@@ -206,12 +207,40 @@ class Metrics:
             ["call", "decision"],
             registry=registry,
         )
+        self.engine_turns = Counter(
+            "callgate_engine_turns",
+            "Turns by the engine core that served them (engine.data_parallel_size > 1) and how "
+            "it was chosen: new (a call's first turn, or one whose core is not known: the least "
+            "busy core), held (the core that served the call's last turn), released (that core "
+            "was much busier than the least busy one: the call moved), balancer "
+            "(call_affinity off: vLLM's balancer chose, engine any).",
+            ["engine", "affinity"],
+            registry=registry,
+        )
+        self.engine_in_flight = Gauge(
+            "callgate_engine_turns_in_flight",
+            "Turns in flight per engine core, as callgate placed them (data parallel, "
+            "call_affinity on).",
+            ["engine"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         # How many first turns could be admitted now: read from the server-wide count at each
         # scrape (`Admission.new_call_room`, set by the switchboard once the engine is up).
         self.new_call_room: Callable[[], int] | None = None
         registry.register(_Live(self))  # type: ignore[arg-type]
         self.exemplars = ExemplarStore() if multiprocess() else None
         self._scrape_lock = asyncio.Lock()
+
+    def declare_engines(self, ranks: int, affinity: bool) -> None:
+        """With several engine cores: their label combinations, as zeros."""
+        if not affinity:
+            self.engine_turns.labels("any", Affinity.BALANCER)
+            return
+        for rank in map(str, range(ranks)):
+            self.engine_in_flight.labels(rank)
+            for how in (Affinity.NEW, Affinity.HELD, Affinity.RELEASED):
+                self.engine_turns.labels(rank, how)
 
     def declare(self, models: list[str]) -> None:
         """Create every label combination up front so dashboards see zeros, not gaps."""

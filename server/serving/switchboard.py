@@ -32,6 +32,7 @@ from server.serving.call_bus import CallBus
 from server.serving.calls import UNCLASSIFIED, CallClass, OpenTurn, priority, user_turns
 from server.serving.hangup import Hangups
 from server.serving.metrics import Metrics
+from server.serving.placement import Placer, affinity_key, default_slack
 from server.serving.progress import Progress
 from server.serving.turn import Turn, TurnPlan
 from server.serving.turn_log import log_turn
@@ -88,7 +89,8 @@ class Switchboard:
         thinking = settings.sampling.enable_thinking
         self._banned = () if thinking else tokenizer.token_ids(*THINK_TOKENS)
         self._thinking = thinking and bool(tokenizer.token_ids(THINK_TOKENS[1]))
-        self.max_in_flight = settings.limits.max_in_flight or engine.max_num_seqs
+        ranks = engine.data_parallel_size  # engine cores; max_num_seqs is each one's
+        self.max_in_flight = settings.limits.max_in_flight or engine.max_num_seqs * ranks
         self.new_call_max_in_flight = min(
             self.max_in_flight,
             settings.limits.new_call_max_in_flight
@@ -109,6 +111,22 @@ class Switchboard:
             else None
         )
         metrics.new_call_room = self.admission.new_call_room
+        # Several engine cores: which one serves each turn (`server/serving/placement.py`).
+        self.placer: Placer | None = None
+        if ranks > 1:
+            es = settings.engine
+            slack = es.affinity_slack
+            slack = default_slack(engine.max_num_seqs) if slack is None else slack
+            self.placer = Placer(
+                ranks,
+                es.call_affinity,
+                slack,
+                engine.max_num_seqs,
+                self.admission.loads,
+                self.calls,
+                start=self.admission.index,
+            )
+            metrics.declare_engines(ranks, es.call_affinity)
         self._retry = retry_after(settings.limits.retry_after_s)  # the headers of its 503s
         self.open_turns: set[Turn] = set()  # this process's turns
         # The stall clock: busy time since the engine last produced a token (/ready, hung exit).
@@ -238,6 +256,12 @@ class Switchboard:
     def start(self, plan: TurnPlan) -> Turn:
         """The planned turn, started: the one open turn of its call, superseding the call's
         previous turn if that one is still generating (here or on another worker)."""
+        if self.placer is not None:
+            request = plan.request
+            key = affinity_key(plan.alias, request.session_id, request.messages)
+            plan.placement = self.placer.place(key)
+            if plan.placement.rank is not None:
+                self.metrics.engine_in_flight.labels(plan.placement.engine).inc()
         turn = Turn(plan, self.engine, self.metrics, self._finished, self.progress)
         turn.number = next(self._numbers)
         if plan.end_call:
@@ -279,6 +303,12 @@ class Switchboard:
         self.open_turns.discard(turn)
         self._turns.pop(turn.number, None)
         self.admission.leave()
+        if plan.placement is not None and self.placer is not None:
+            self.placer.leave(plan.placement)
+            engine, how = plan.placement.engine, plan.placement.affinity
+            if plan.placement.rank is not None:
+                m.engine_in_flight.labels(engine).dec()
+            m.engine_turns.labels(engine, how).inc()
         if plan.request.session_id:
             self.calls.close_turn(plan.request.session_id, self.admission.index, turn.number)
         alias = plan.alias

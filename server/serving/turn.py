@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from server.base.outcomes import Outcome
 from server.serving.calls import PRIORITY_FIRST, CallClass
+from server.serving.placement import Placement
 from server.serving.progress import Progress
 from server.text.clauses import FirstClause, first_clause_end
 from server.text.end_call import EndCallFilter
@@ -94,6 +95,7 @@ class TurnPlan:
     priority: int = PRIORITY_FIRST  # in the engine's queue: lower goes first
     filler: str | None = None  # said when no answer has come `filler_after_s` after arrival
     filler_after_s: float = 0.0
+    placement: Placement | None = None  # the engine core, with several (`Switchboard.start`)
 
 
 @dataclass
@@ -187,7 +189,12 @@ class Turn:
             self._deltas = _no_deltas()
         else:
             self._deltas = self._engine.generate(
-                plan.engine_id, plan.token_ids, plan.sampling, plan.adapter, plan.priority
+                plan.engine_id,
+                plan.token_ids,
+                plan.sampling,
+                plan.adapter,
+                plan.priority,
+                None if plan.placement is None else plan.placement.rank,
             )
         self._stream = self._filtered(self._deltas) if self._filters else self._deltas
         self._deadline_timer = asyncio.get_running_loop().call_at(

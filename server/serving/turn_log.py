@@ -46,6 +46,9 @@ def log_turn(turn: Turn, total_s: float, log_content: bool) -> None:
     if turn.speech is not None:
         # Which prompts make the model write for a screen: characters kept from the voice.
         fields["speech_filtered"] = turn.speech.filtered
+    if plan.placement is not None:  # several engine cores: which one, and why that one
+        fields["engine"] = plan.placement.rank
+        fields["affinity"] = plan.placement.affinity
     if rec.filler is not None:  # a filler was said while the caller waited for the answer
         fields["filler_ms"] = _ms(rec.filler)
     if rec.outcome == Outcome.CLIENT_GONE:

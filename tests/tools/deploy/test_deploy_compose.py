@@ -48,7 +48,9 @@ def test_compose_server_reserves_the_gpu_and_mounts_config(
     )
     (gpu,) = server["deploy"]["resources"]["reservations"]["devices"]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
-    assert gpu["count"] == gpu_config["engine"]["tensor_parallel_size"]
+    engine = gpu_config["engine"]
+    # One engine core per tensor_parallel_size GPUs, data_parallel_size of them.
+    assert gpu["count"] == engine["tensor_parallel_size"] * engine["data_parallel_size"]
     assert f"./configs/gpu.yaml:{CONFIG_PATH_IN_IMAGE}:ro" in server["volumes"]
     (volume,) = json.loads(dockerfile("VOLUME")[0])
     assert f"model-cache:{volume}" in server["volumes"]

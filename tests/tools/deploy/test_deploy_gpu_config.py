@@ -23,6 +23,9 @@ def test_gpu_config_loads_with_the_server_settings() -> None:
     assert engine.gpu_memory_utilization == 0.90
     assert engine.max_num_seqs == 256
     assert engine.enable_prefix_caching and not engine.enforce_eager
+    # Several GPUs behind the address: calls stay on their core, admission scales with the cores.
+    assert engine.call_affinity and engine.data_parallel_size >= 1
+    assert settings.limits.max_in_flight is None
     assert {"qwen-plus", "qwen-max", "qwen-turbo"} <= settings.models.aliases.keys()
     assert not settings.auth.codes or os.environ.get("CALLGATE_AUTH_CODES"), "no codes in git"
 

@@ -169,15 +169,16 @@ def test_k8s_runs_as_the_image_user(k8s: list[dict[str, Any]]) -> None:
     assert str(security["runAsUser"]) == dockerfile("USER")[-1].split(":")[0]
 
 
-def test_k8s_gpu_count_matches_tensor_parallel(
+def test_k8s_gpu_count_matches_tensor_and_data_parallel(
     k8s: list[dict[str, Any]], gpu_config: dict[str, Any]
 ) -> None:
     c = container(server_deployment(k8s))
     env = {e["name"]: e.get("value") for e in c["env"]}
-    tp = int(env.get("CALLGATE_ENGINE__TENSOR_PARALLEL_SIZE")
-             or gpu_config["engine"]["tensor_parallel_size"])  # fmt: skip
-    assert int(c["resources"]["limits"]["nvidia.com/gpu"]) == tp
-    assert int(c["resources"]["requests"]["nvidia.com/gpu"]) == tp
+    engine = gpu_config["engine"]
+    tp = int(env.get("CALLGATE_ENGINE__TENSOR_PARALLEL_SIZE") or engine["tensor_parallel_size"])
+    dp = int(env.get("CALLGATE_ENGINE__DATA_PARALLEL_SIZE") or engine["data_parallel_size"])
+    assert int(c["resources"]["limits"]["nvidia.com/gpu"]) == tp * dp
+    assert int(c["resources"]["requests"]["nvidia.com/gpu"]) == tp * dp
 
 
 def test_k8s_namespace_is_consistent(k8s: list[dict[str, Any]]) -> None:

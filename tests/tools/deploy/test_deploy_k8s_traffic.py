@@ -189,6 +189,11 @@ def test_k8s_inference_pool_routes_through_the_endpoint_picker(
     assert "prefix-cache-scorer" in types, "prefix affinity is the point of the picker"
     for profile in plugins["schedulingProfiles"]:
         assert {r["pluginRef"] for r in profile["plugins"]} <= types
+        # A call's turns go back to the pod with its prefix unless another is much less loaded:
+        # the prefix weighs more than any one load score.
+        weights = {r["pluginRef"]: r.get("weight", 1) for r in profile["plugins"]}
+        prefix = weights.pop("prefix-cache-scorer")
+        assert all(prefix > w for w in weights.values()), weights
 
     # RBAC: the picker's service account may read the pool and the pods.
     account = epp["spec"]["template"]["spec"]["serviceAccountName"]
