@@ -69,8 +69,20 @@ class EndCallFilter:
         return self.markers > 0
 
     def feed(self, text: str) -> str:
+        if not self._held and "[" not in text:
+            # The common delta: no marker can start in it. Spoken, less any trailing whitespace
+            # (which a marker in a later delta would take).
+            body = text.rstrip()
+            if body and not self._skip and not self._gap:
+                spoken = self._space + body
+                self._space = text[len(body) :]
+                self._said = True
+                return spoken
+            out: list[str] = []
+            self._text(text, out)
+            return "".join(out)
         buf = self._held + text
-        out: list[str] = []
+        out = []
         at = 0
         for match in _PATTERN.finditer(buf):
             self._text(buf[at : match.start()], out)
