@@ -46,6 +46,7 @@ CALLGATE_METRICS = {
     "callgate_engine_up": "gauge",
     "callgate_admissions_total": "counter",
     "callgate_new_call_slots": "gauge",
+    "callgate_hangups_total": "counter",
 }
 PROMETHEUS_SYNTHETIC = {"up"}  # series Prometheus itself writes for every scrape target
 CONFIG_PATH_IN_IMAGE = "/etc/callgate/gpu.yaml"

@@ -124,3 +124,4 @@ def test_dashboard_covers_what_operators_need() -> None:
     # Calls first: admissions by kind of turn, and the room left for new calls.
     assert has(lambda e: "callgate_admissions_total" in e and "by (call, decision)" in e)
     assert has(lambda e: "callgate_new_call_slots" in e)
+    assert has(lambda e: "callgate_hangups_total" in e and "by (outcome)" in e)
