@@ -131,6 +131,10 @@ class Switchboard:
         self.open_turns: set[Turn] = set()  # this process's turns
         # The stall clock: busy time since the engine last produced a token (/ready, hung exit).
         self.progress = Progress()
+        # With turns placed on engine cores, a stall clock per core as well: one hung core of N
+        # is a hung server (/ready, the hung exit), though the other cores still make tokens.
+        placed = self.placer is not None and self.placer.affinity
+        self._core_clocks = [Progress() for _ in range(ranks)] if placed else []
         # One large parse or plan at a time per process: the thread shares the interpreter
         # lock with the event loop, and many such threads would starve it all the same.
         self._lane = asyncio.Semaphore(1)
@@ -262,7 +266,7 @@ class Switchboard:
             plan.placement = self.placer.place(key)
             if plan.placement.rank is not None:
                 self.metrics.engine_in_flight.labels(plan.placement.engine).inc()
-        turn = Turn(plan, self.engine, self.metrics, self._finished, self.progress)
+        turn = Turn(plan, self.engine, self.metrics, self._finished, self._clock(plan))
         turn.number = next(self._numbers)
         if plan.end_call:
             turn.on_end_call = self._end_call
@@ -337,13 +341,30 @@ class Switchboard:
 
     def tick(self) -> None:
         """Advance the stall clock (the runtime's watchdog, every half second)."""
-        self.progress.tick(bool(self.open_turns) and self.engine.num_unfinished() > 0)
+        busy = bool(self.open_turns) and self.engine.num_unfinished() > 0
+        if not self._core_clocks:
+            self.progress.tick(busy)
+            return
+        running = {_rank(turn.plan) for turn in self.open_turns}
+        self.progress.tick(busy and None in running)
+        for rank, clock in enumerate(self._core_clocks):
+            clock.tick(busy and rank in running)
+
+    def _clock(self, plan: TurnPlan) -> Progress:
+        """The stall clock a turn moves: its engine core's, or the server's."""
+        rank = _rank(plan)
+        return self.progress if rank is None or not self._core_clocks else self._core_clocks[rank]
 
     def stalled(self, seconds: float | None = None) -> bool:
         """The engine has had requests and produced nothing for `seconds` of that busy time
         (default `readiness.stall_s`)."""
         limit = self.settings.readiness.stall_s if seconds is None else seconds
-        return self.progress.starved_s > limit
+        starved = max((c.starved_s for c in self._core_clocks), default=0.0)
+        return max(self.progress.starved_s, starved) > limit
+
+
+def _rank(plan: TurnPlan) -> int | None:
+    return None if plan.placement is None else plan.placement.rank
 
 
 def _filler(texts: list[str], after_s: float | None, stream: bool) -> str | None:

@@ -20,6 +20,7 @@ from server.app.routes import create_app
 from server.base.logs import JsonFormatter
 from server.base.settings import Settings
 from server.engine.adapters import Adapters
+from server.engine.api import Delta
 from server.serving.calls import CallTable
 from server.serving.lifecycle import Runtime
 from server.serving.placement import (
@@ -265,3 +266,67 @@ def test_one_core_places_nothing(tiny_model_dir: Path) -> None:
     runtime = asyncio.run(scenario())
     assert set(engine.ranks.values()) == {None}
     assert runtime.switchboard is not None and runtime.switchboard.max_in_flight == 4
+
+
+class OneCoreHung(ScriptedEngine):
+    """Two engine cores: core 1 never produces a token, core 0 streams on and on."""
+
+    def __init__(self) -> None:
+        super().__init__(data_parallel_size=2)
+        self.open = 0
+
+    async def generate(  # type: ignore[override]
+        self,
+        request_id: str,
+        token_ids: list[int],
+        params: Any,
+        adapter: str | None = None,
+        priority: int = 0,
+        rank: int | None = None,
+    ) -> AsyncIterator[Delta]:
+        self.ranks[request_id] = rank
+        self.open += 1
+        try:
+            if rank == 1:
+                await asyncio.Event().wait()
+            while True:
+                yield Delta("a", 1, False, None, 0)
+                await asyncio.sleep(0.01)
+        finally:
+            self.open -= 1
+
+    def num_unfinished(self) -> int:
+        return self.open
+
+
+def test_one_hung_core_stalls_the_server_though_the_other_makes_tokens(
+    tiny_model_dir: Path,
+) -> None:
+    engine = OneCoreHung()
+    settings = _settings(tiny_model_dir)
+    settings.readiness.stall_s, settings.readiness.hung_exit_after = 0.3, 0
+
+    async def scenario() -> None:
+        async with _serve(settings, engine) as (client, runtime):
+            calls = []
+            for n in range(2):  # on idle cores: the first to core 0, the next to core 1
+                messages = [OPENING, {"role": "user", "content": f"call {n}"}]
+                body = {"model": "qwen-plus", "session_id": f"c{n}", "messages": messages}
+                calls.append(asyncio.create_task(client.post("/", json=body, headers=HEADERS)))
+                await _until(lambda n=n: len(engine.ranks) == n + 1)
+            assert sorted(engine.ranks.values()) == [0, 1]
+            await _until(lambda: runtime.readiness() == (False, "stalled"))
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+async def _until(condition: Any, within_s: float = 10.0) -> None:
+    """Poll a condition (no timing assertion: the bound only keeps a broken test finite)."""
+    for _ in range(int(within_s / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
