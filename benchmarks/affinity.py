@@ -210,7 +210,7 @@ def _f(v: float | None, pattern: str = "{:.0f}") -> str:
 
 
 def table(results: dict[str, Any], turns: int) -> list[str]:
-    shown = [t for t in (1, 2, 3, 5, turns) if t <= turns]
+    shown = sorted({t for t in (1, 2, 3, 5, turns) if t <= turns})
     head = " | ".join(f"turn {t} p50/p99 ms" for t in shown)
     lines = [
         f"| case | hit rate | later turns cached | later TTFT p50/p99 ms | {head} | tok/s | "
