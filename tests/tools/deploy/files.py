@@ -47,6 +47,8 @@ CALLGATE_METRICS = {
     "callgate_admissions_total": "counter",
     "callgate_new_call_slots": "gauge",
     "callgate_hangups_total": "counter",
+    "callgate_engine_turns_total": "counter",
+    "callgate_engine_turns_in_flight": "gauge",
 }
 PROMETHEUS_SYNTHETIC = {"up"}  # series Prometheus itself writes for every scrape target
 CONFIG_PATH_IN_IMAGE = "/etc/callgate/gpu.yaml"

@@ -125,3 +125,7 @@ def test_dashboard_covers_what_operators_need() -> None:
     assert has(lambda e: "callgate_admissions_total" in e and "by (call, decision)" in e)
     assert has(lambda e: "callgate_new_call_slots" in e)
     assert has(lambda e: "callgate_hangups_total" in e and "by (outcome)" in e)
+    # Several engine cores: which core served each turn and why, its load, its cache hits.
+    assert has(lambda e: "callgate_engine_turns_total" in e and "by (engine, affinity)" in e)
+    assert has(lambda e: "callgate_engine_turns_in_flight" in e and "by (engine)" in e)
+    assert has(lambda e: "vllm:prefix_cache_hits_total" in e and "by (engine)" in e)
