@@ -27,8 +27,8 @@ _LOWER = MARKER.lower()
 
 # Added to the alias's system prompt when its `end_call` is on: the rule, then three short
 # examples (two goodbyes, one question). A rule alone was never followed by the embedded
-# SmolLM2-135M (0 of 6 goodbyes, greedy); with the examples after the alias's own prompt it ends
-# most goodbye dialogs and no question dialog (the figures: docs/configuration.md, end_call).
+# SmolLM2-135M (0 of 6 goodbyes, greedy); with the examples after the alias's own prompt it ended
+# 22 of 32 goodbye dialogs and none of 32 question dialogs (benchmarks/results/end_call.md).
 INSTRUCTION = f"""To end the call, write {MARKER} after your goodbye. End the call only when the \
 caller says goodbye or asks to end the call.
 
