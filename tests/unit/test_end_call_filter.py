@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.text.end_call import INSTRUCTION, MARKER, EndCallFilter, strip_marker
+from tests.unit.splits import split_at
 
 
 def feed_all(pieces: list[str]) -> tuple[str, EndCallFilter]:
@@ -79,10 +80,7 @@ def test_any_split_into_deltas_speaks_what_the_whole_reply_speaks(
     pieces: list[str], cuts: list[int]
 ) -> None:
     reply = "".join(pieces)
-    points = sorted({min(c, len(reply)) for c in cuts})
-    deltas = [reply[a:b] for a, b in zip([0, *points], [*points, len(reply)], strict=True)]
-    assert "".join(deltas) == reply
-    said, f = feed_all(deltas)
+    said, f = feed_all(split_at(reply, cuts))
     assert said == strip_marker(reply)
     assert f.signalled == (MARKER.lower() in reply.lower())
 

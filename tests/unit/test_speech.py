@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from server.text.speech import MAX_HELD, SpeechFilter, speak
 from tests.scripted_engine import FALLBACK, ScriptedEngine, scripted_turn, texts_of
+from tests.unit.splits import split_at
 
 EXAMPLES = [
     (
@@ -104,8 +105,7 @@ def test_any_split_streams_what_the_whole_text_gives(parts: list[str]) -> None:
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(max_size=60), cuts=st.lists(st.integers(0, 60), max_size=8))
 def test_any_text_any_split(text: str, cuts: list[int]) -> None:
-    points = sorted({min(c, len(text)) for c in cuts})
-    parts = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+    parts = split_at(text, cuts)
     f = SpeechFilter()
     assert "".join(f.feed(p) for p in parts) + f.finish() == speak(text)
 

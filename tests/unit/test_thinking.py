@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from server.text.thinking import ThinkingFilter
 from tests.scripted_engine import FALLBACK, ScriptedEngine, scripted_turn, texts_of
+from tests.unit.splits import split_at
 
 
 def answer_of(reply: str) -> str:
@@ -68,10 +69,7 @@ def test_any_split_into_deltas_speaks_what_the_whole_reply_speaks(
     pieces: list[str], cuts: list[int]
 ) -> None:
     reply = "".join(pieces)
-    points = sorted({min(c, len(reply)) for c in cuts})
-    deltas = [reply[a:b] for a, b in zip([0, *points], [*points, len(reply)], strict=True)]
-    assert "".join(deltas) == reply
-    assert feed_all(deltas) == answer_of(reply)
+    assert feed_all(split_at(reply, cuts)) == answer_of(reply)
 
 
 # -- a turn with thinking on, the engine scripted -----------------------------------------------
