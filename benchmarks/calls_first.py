@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +39,7 @@ import httpx
 
 from benchmarks.lib import machine, tiny_checkpoint
 from benchmarks.lib.client import TurnResult, stream_turn
+from benchmarks.lib.priority import realtime
 from benchmarks.lib.servers import EngineShape, Side, callgate_side, launch, vllm_side
 from benchmarks.lib.stats import percentile
 from benchmarks.lib.workloads import OPENING, PromptMaker
@@ -167,21 +165,6 @@ async def _phase(client: httpx.AsyncClient, url: str, plan: Plan, burst: bool, l
             await asyncio.sleep(0.5 / plan.burst)
     await asyncio.gather(*members, *news)
     return tally
-
-
-@contextlib.contextmanager
-def realtime() -> Iterator[bool]:
-    """This thread at SCHED_FIFO 10 while inside; False when the system refuses it."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-    except (PermissionError, OSError) as e:
-        print(f"note: the load client runs at normal priority ({e})", file=sys.stderr)
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 async def _measure(url: str, plan: Plan) -> dict[str, Any]:

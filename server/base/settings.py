@@ -328,7 +328,7 @@ class LimitsSettings(_Section):
         ge=1,
         description="Calls first: at this many turns in flight, the first turns of new calls get "
         "503 + Retry-After, while turns of calls in progress are admitted up to max_in_flight. "
-        "Default: three quarters of max_in_flight (benchmarks/README.md, calls first, says why); "
+        "Default: half of max_in_flight (benchmarks/README.md, calls first, says why); "
         "equal to max_in_flight (or more) turns the distinction off.",
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After value on a 503.")

@@ -57,7 +57,7 @@ PLAN_INLINE_MESSAGES = 64
 PARSE_INLINE_BYTES = 8_192
 # The default level at which first turns are refused, as a share of the total limit: the rest is
 # headroom for calls in progress (benchmarks/README.md, "Calls first", has the figures behind it).
-NEW_CALL_SHARE = 0.75
+NEW_CALL_SHARE = 0.5
 
 
 class Switchboard:

@@ -134,7 +134,7 @@ def test_the_default_admission_limit_is_the_engines_max_num_seqs(tiny_model_dir:
         async with _serve(_settings(tiny_model_dir), engine.factory) as (client, runtime):
             board = runtime.switchboard
             assert board is not None and board.max_in_flight == 3
-            assert board.new_call_max_in_flight == 2  # three quarters, rounded
+            assert board.new_call_max_in_flight == 2  # half of 3, rounded
             calls = [
                 asyncio.create_task(client.post("/", json=CONTINUING, headers=HEADERS))
                 for _ in range(3)
