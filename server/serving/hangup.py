@@ -234,8 +234,10 @@ class Hangups:
         seconds: float = 0.0,
     ) -> HangupOutcome:
         self._count(model, outcome)
-        level = logging.INFO if outcome is HangupOutcome.SENT else logging.WARNING
-        if outcome in (HangupOutcome.NO_SESSION, HangupOutcome.DUPLICATE):
+        # A warning when a caller stays on the line though a hang-up was meant to happen; a
+        # skip the settings or the request explain is information.
+        level = logging.WARNING if attempts or outcome is HangupOutcome.CANCELLED else logging.INFO
+        if outcome is HangupOutcome.SENT:
             level = logging.INFO
         log.log(
             level,
