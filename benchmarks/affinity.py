@@ -162,6 +162,7 @@ def summarize(results: list[TurnResult], wall: float, before: str, after: str) -
     return {
         "turns": len(results),
         "errors": len(results) - len(ok),
+        "later_prompt_tokens_mean": prompt / len(later) if later else None,
         "hit_rate": hits / queries if queries else None,
         "later_cached_share": cached / prompt if prompt else None,
         "later_ttft_p50_ms": _ms(later_ttft, 50),
@@ -192,10 +193,13 @@ def measure(args: argparse.Namespace, model: str, work: Path, uneven: bool) -> d
         seed=args.seed,
     )
     level = Level(units=args.calls, concurrency=args.concurrency)
+    # The reply cap at the workload's answer: the prompt builder keeps sampling.max_tokens of
+    # room (sidebyside.yaml's 4096 would leave none in 2048 and drop every earlier turn).
+    cap = {"CALLGATE_SAMPLING__MAX_TOKENS": str(args.output_tokens)}
     results: dict[str, Any] = {}
     for name, env in _cases(uneven).items():
         print(f"== {name}", file=sys.stderr)
-        side = callgate_side(model, CONFIG, auth=AUTH, shape=shape, env=env, name="affinity")
+        side = callgate_side(model, CONFIG, auth=AUTH, shape=shape, env=env | cap, name="affinity")
         with launch(side, work / "logs") as running, realtime() as rt:
             slow = _rank_processes(running.pid, 0) if uneven else []
             if uneven and not slow:
