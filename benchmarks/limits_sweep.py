@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from benchmarks.lib import machine
+from benchmarks.lib.priority import realtime
 from benchmarks.lib.servers import REPO, callgate_side, launch
 from benchmarks.lib.stats import summarize
 from benchmarks.lib.workloads import Level, PromptMaker, Runner, Workload
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             side = callgate_side(model, args.config, auth=auth, env=env, name=f"seqs{seqs}")
             print(f"== max_num_seqs {seqs}", flush=True)
-            with launch(side, Path(tmp)) as srv:
+            with launch(side, Path(tmp)) as srv, realtime():  # the client at SCHED_FIFO 10
                 runs = asyncio.run(
                     _levels(srv.chat_url, auth, workload, prompts, levels, args.level_s)
                 )

@@ -38,6 +38,7 @@ import httpx
 
 from benchmarks.gpu.tables import document, side_table
 from benchmarks.lib import machine
+from benchmarks.lib.priority import realtime
 from benchmarks.lib.servers import EngineShape, Running, Side, callgate_side, launch, vllm_side
 from benchmarks.lib.stats import summarize
 from benchmarks.lib.workloads import Level, PromptMaker, Runner, Workload
@@ -282,9 +283,10 @@ def run_side(
             log_path = srv.log_path
             entry["startup_s"] = round(srv.startup_s, 1)
             print(f"   ready in {srv.startup_s:.1f} s", flush=True)
-            entry["levels"] = asyncio.run(
-                measure(srv, auth, workload, prompts, levels, args.level_s)
-            )
+            with realtime():  # the load client at SCHED_FIFO 10, the server not
+                entry["levels"] = asyncio.run(
+                    measure(srv, auth, workload, prompts, levels, args.level_s)
+                )
     except Exception as e:  # a side that fails must not stop the sides after it
         entry["error"] = f"{type(e).__name__}: {e}"[:2000]
         print(f"   failed: {entry['error']}", flush=True)

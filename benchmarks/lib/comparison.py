@@ -42,6 +42,7 @@ from benchmarks.lib.loadgen import (
     workload_from_args,
 )
 from benchmarks.lib.machine import busy_cpu_seconds
+from benchmarks.lib.priority import realtime
 from benchmarks.lib.servers import EngineShape, Running, Side, launch
 from benchmarks.lib.stats import summarize
 from benchmarks.lib.workloads import Level, Workload
@@ -247,9 +248,10 @@ def run_sequential(setup: Setup, out: Collector) -> None:
             out.server(side, srv, setup.env_of(side))
             out.note_load(f"round {rnd + 1}", side)
             for i, (kind, workload) in enumerate(workloads.items()):
-                doc, raw, cpu = asyncio.run(
-                    setup.load(srv, workload, _levels(args, kind), args.warmup * (i == 0))
-                )
+                with realtime():  # the load client at SCHED_FIFO 10, the servers not
+                    doc, raw, cpu = asyncio.run(
+                        setup.load(srv, workload, _levels(args, kind), args.warmup * (i == 0))
+                    )
                 out.add(side, kind, doc, raw, cpu)
                 setup.console.print(levels_table(doc["levels"], f"{side}, {kind}"))
 
@@ -296,7 +298,8 @@ def run_interleaved(setup: Setup, out: Collector) -> None:
                     f"[yellow]{side} {label}: {busy:.2f} cores of background load, rerunning"
                 )
 
-        asyncio.run(measure())
+        with realtime():  # the load client at SCHED_FIFO 10, the servers not
+            asyncio.run(measure())
 
 
 def arg_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
