@@ -7,8 +7,9 @@ calls of `--turns` turns, `--concurrency` at once, each turn's prompt the whole 
 `engine.data_parallel_size: 2` and call affinity on, the same with it off (vLLM's own balancer
 places every turn), and one engine core. Then, with core 0 artificially slowed (its engine core
 and model worker processes stopped for `--duty` of every 100 ms, SIGSTOP/SIGCONT), the same on
-two cores with affinity on (the default release threshold), affinity without release
-(`affinity_slack` 10000: sticky sessions) and vLLM's balancer, so that the release is exercised.
+two cores with affinity on (the default release threshold), affinity with no slack limit
+(`affinity_slack` 10000: a call moves only off a full core) and vLLM's balancer, with more calls
+at once (`--uneven-calls`, `--uneven-concurrency`), so that the release is exercised.
 
 Reported per case: vLLM's prefix-cache hit rate over the run (`vllm:prefix_cache_hits` /
 `vllm:prefix_cache_queries`, all cores), the cached share of later turns' prompts (from the
@@ -48,7 +49,7 @@ from benchmarks.lib.workloads import Level, PromptMaker, Runner, Workload
 
 AUTH = "sk-affinity-benchmark-000001"
 CONFIG = Path(__file__).with_name("sidebyside.yaml")
-STICKY = 10_000  # an affinity_slack no load reaches: the call never moves
+STICKY = 10_000  # an affinity_slack no load reaches: a call moves only off a full core
 
 
 # Admission out of the way (no 503s for any case, the one core included): placement is measured.
@@ -63,7 +64,7 @@ def _cases(uneven: bool) -> dict[str, dict[str, str]]:
         sticky = on | {"CALLGATE_ENGINE__AFFINITY_SLACK": str(STICKY)}
         return {
             "affinity on, core 0 slowed": on,
-            "affinity, never released, core 0 slowed": sticky,
+            "affinity, released only from a full core, core 0 slowed": sticky,
             "vLLM's balancer, core 0 slowed": off,
         }
     return {
@@ -193,6 +194,8 @@ def measure(args: argparse.Namespace, model: str, work: Path, uneven: bool) -> d
         seed=args.seed,
     )
     level = Level(units=args.calls, concurrency=args.concurrency)
+    if uneven:  # enough calls at once for a slowed core's turns to pile up past the slack
+        level = Level(units=args.uneven_calls, concurrency=args.uneven_concurrency)
     # The reply cap at the workload's answer: the prompt builder keeps sampling.max_tokens of
     # room (sidebyside.yaml's 4096 would leave none in 2048 and drop every earlier turn).
     cap = {"CALLGATE_SAMPLING__MAX_TOKENS": str(args.output_tokens)}
@@ -275,7 +278,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += [
             "",
             f"Core 0 slowed: its engine core and model worker stopped {p['duty']:.0%} of every "
-            "100 ms.",
+            f"100 ms; {p['uneven_calls']} calls, {p['uneven_concurrency']} at once.",
             "",
             *table(doc["uneven"], p["turns"]),
         ]
@@ -294,6 +297,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--think-s", type=float, default=0.5)
     ap.add_argument("--max-num-seqs", type=int, default=8, help="per engine core")
     ap.add_argument("--duty", type=float, default=0.5, help="share of time core 0 is stopped")
+    ap.add_argument("--uneven-calls", type=int, default=48, help="calls in the slowed-core run")
+    ap.add_argument("--uneven-concurrency", type=int, default=24, help="... at once")
     ap.add_argument("--no-uneven", action="store_true", help="skip the slowed-core run")
     ap.add_argument("--only-uneven", action="store_true", help="only the slowed-core run")
     ap.add_argument("--seed", type=int, default=23)
