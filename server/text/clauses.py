@@ -26,6 +26,7 @@ that, at every offset).
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 
 CJK_ENDS = frozenset("，。！？；：、…")
@@ -34,6 +35,10 @@ ASCII_ENDS = frozenset(",.!?;:")
 ABBREVIATIONS = frozenset(
     {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "e.g", "i.e", "approx"}
 )
+LOOKBACK = 16  # characters kept before the undecided text: the longest abbreviation and more
+TRIM_AT = 512  # decided characters held before they are dropped
+_MARK = re.compile("[" + re.escape("".join(sorted(CJK_ENDS | ASCII_ENDS))) + "\n]")
+_WORD = re.compile(r"[^\W_]")  # a letter or digit, in any script
 
 
 def _ascii_alnum(ch: str) -> bool:
@@ -45,12 +50,16 @@ class FirstClause:
     ended, and `end_piece` is then the index of the piece in which it ended (the piece before
     the current one when an ASCII mark had to wait for the next character)."""
 
-    __slots__ = ("_content", "_ends", "_pos", "_text", "end", "end_piece")
+    __slots__ = ("_base", "_content", "_ends", "_pos", "_text", "end", "end_piece")
 
     def __init__(self) -> None:
+        # The text not yet decided, with a few characters before it (an abbreviation's word):
+        # kept short (`TRIM_AT`), so a long reply without punctuation costs each piece about
+        # its own length.
         self._text = ""
+        self._base = 0  # offset of `_text` in the whole reply
         self._ends: list[int] = []  # cumulative end offset of each piece fed
-        self._pos = 0  # first character not yet decided
+        self._pos = 0  # first character not yet decided, in `_text`
         self._content = False  # a letter or digit has been seen
         self.end: int | None = None  # offset just past the first clause in the whole text
         self.end_piece: int | None = None
@@ -60,9 +69,14 @@ class FirstClause:
         if self.end is not None:
             return True
         text = self._text = self._text + piece
-        self._ends.append(len(text))
+        self._ends.append(self._base + len(text))
         at = self._scan(text, final=False)
-        return at is not None and self._found(at)
+        if at is not None:
+            return self._found(at)
+        if self._pos > TRIM_AT:  # drop the decided text, now and then
+            keep = self._pos - LOOKBACK
+            self._text, self._base, self._pos = text[keep:], self._base + keep, LOOKBACK
+        return False
 
     def finish(self) -> bool:
         """The reply has ended: its end counts as the first clause's when none ended before.
@@ -75,33 +89,37 @@ class FirstClause:
         return at is not None and self._found(at)
 
     def _found(self, mark: int) -> bool:
-        """The clause ends with the character at `mark`."""
+        """The clause ends with the character at `mark` (of `_text`)."""
+        mark += self._base
         self.end = mark + 1
         self.end_piece = bisect_right(self._ends, mark)
         return True
 
     def _scan(self, text: str, final: bool) -> int | None:
-        """The offset of the character that ends the first clause, if it is decided."""
+        """The offset of the character that ends the first clause, if it is decided. Regular
+        expressions find the next word character and the next mark, so that text without
+        punctuation costs one search a piece, not a step per character."""
         n = len(text)
         i = self._pos
-        content = self._content
-        while i < n:
-            ch = text[i]
-            if ch.isalnum():
-                content = True
-            elif content and (ch in CJK_ENDS or ch == "\n"):
-                self._pos, self._content = i, content
-                return i
-            elif content and ch in ASCII_ENDS:
-                if i + 1 == n:
-                    self._pos, self._content = i, content
+        while True:
+            if not self._content:
+                word = _WORD.search(text, i)
+                if word is None:
+                    self._pos = n
+                    return None
+                self._content, i = True, word.start()
+            mark = _MARK.search(text, i)
+            if mark is None:
+                self._pos = n
+                return None
+            i = self._pos = mark.start()
+            if text[i] in ASCII_ENDS:
+                if i + 1 == n:  # decided by the next character, or by the reply's end
                     return i if final and not self._abbreviation(text, i) else None
-                if not _ascii_alnum(text[i + 1]) and not self._abbreviation(text, i):
-                    self._pos, self._content = i, content
-                    return i
-            i += 1
-        self._pos, self._content = i, content
-        return None
+                if _ascii_alnum(text[i + 1]) or self._abbreviation(text, i):
+                    i += 1
+                    continue
+            return i
 
     @staticmethod
     def _abbreviation(text: str, i: int) -> bool:

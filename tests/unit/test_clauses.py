@@ -123,3 +123,14 @@ def test_any_split_gives_the_whole_texts_clause(reply: str, data: st.DataObject)
     assert found == end
     if end is not None:
         assert piece == piece_holding(pieces, end - 1)
+
+
+def test_a_long_reply_without_punctuation_keeps_its_offsets() -> None:
+    # Past the point where decided text is dropped (`TRIM_AT`), offsets and pieces still count
+    # from the reply's start, and an abbreviation at the edge still reads its whole word.
+    reply = "word " * 400 + "Mr. Smith will call, thanks"
+    pieces = [reply[i : i + 7] for i in range(0, len(reply), 7)]
+    end = first_clause_end(reply)
+    assert end == reply.index(",") + 1
+    piece, found, _ = clause_piece(pieces)
+    assert (piece, found) == (piece_holding(pieces, end - 1), end)
