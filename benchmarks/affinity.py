@@ -56,14 +56,20 @@ STICKY = 10_000  # an affinity_slack no load reaches: a call moves only off a fu
 OPEN = {"CALLGATE_LIMITS__MAX_IN_FLIGHT": "1000", "CALLGATE_LIMITS__NEW_CALL_MAX_IN_FLIGHT": "1000"}
 
 
-def _cases(uneven: bool) -> dict[str, dict[str, str]]:
+def _cases(uneven: bool, slacks: tuple[int, ...] = ()) -> dict[str, dict[str, str]]:
     dp2 = OPEN | {"CALLGATE_ENGINE__DATA_PARALLEL_SIZE": "2"}
     on = dp2 | {"CALLGATE_ENGINE__CALL_AFFINITY": "true"}
     off = dp2 | {"CALLGATE_ENGINE__CALL_AFFINITY": "false"}
     if uneven:
         sticky = on | {"CALLGATE_ENGINE__AFFINITY_SLACK": str(STICKY)}
+        tried = {
+            f"affinity, affinity_slack {n}, core 0 slowed": on
+            | {"CALLGATE_ENGINE__AFFINITY_SLACK": str(n)}
+            for n in slacks
+        }
         return {
             "affinity on, core 0 slowed": on,
+            **tried,
             "affinity, released only from a full core, core 0 slowed": sticky,
             "vLLM's balancer, core 0 slowed": off,
         }
@@ -200,7 +206,7 @@ def measure(args: argparse.Namespace, model: str, work: Path, uneven: bool) -> d
     # room (sidebyside.yaml's 4096 would leave none in 2048 and drop every earlier turn).
     cap = {"CALLGATE_SAMPLING__MAX_TOKENS": str(args.output_tokens)}
     results: dict[str, Any] = {}
-    for name, env in _cases(uneven).items():
+    for name, env in _cases(uneven, tuple(args.uneven_slacks)).items():
         print(f"== {name}", file=sys.stderr)
         side = callgate_side(model, CONFIG, auth=AUTH, shape=shape, env=env | cap, name="affinity")
         with launch(side, work / "logs") as running, realtime() as rt:
@@ -299,6 +305,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--duty", type=float, default=0.5, help="share of time core 0 is stopped")
     ap.add_argument("--uneven-calls", type=int, default=48, help="calls in the slowed-core run")
     ap.add_argument("--uneven-concurrency", type=int, default=24, help="... at once")
+    ap.add_argument(
+        "--uneven-slacks",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[],
+        help="further affinity_slack values to try in the slowed-core run (e.g. 4,8)",
+    )
     ap.add_argument("--no-uneven", action="store_true", help="skip the slowed-core run")
     ap.add_argument("--only-uneven", action="store_true", help="only the slowed-core run")
     ap.add_argument("--seed", type=int, default=23)
