@@ -13,6 +13,7 @@ The tiny random checkpoint (the rest of the suite) never ends a turn by itself; 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ import pytest
 
 from benchmarks.lib.servers import free_port, run_to_exit
 from server.engine.embedded import EMBEDDED_NAME, ensure_embedded
+from server.text.end_call import MARKER
 from tests.conftest import REPO_ROOT, ServerHandle, launch_server, server_side
-from tests.wire import parse_chat_stream
+from tests.wire import metric, parse_chat_stream, scrape
+from tests.wire.aliyun import KEY_ENV, AliyunStandIn
 
 REAL_CONFIG = Path(__file__).resolve().parent / "real.yaml"
 
@@ -36,10 +39,19 @@ def embedded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def hangup_api() -> Iterator[AliyunStandIn]:
+    """The stand-in for Alibaba's API that the server's hang-ups go to (alias `ender`)."""
+    with AliyunStandIn() as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
 def first_run(
-    embedded_cache: Path, tmp_path_factory: pytest.TempPathFactory
+    embedded_cache: Path, tmp_path_factory: pytest.TempPathFactory, hangup_api: AliyunStandIn
 ) -> Iterator[ServerHandle]:
     env = {
+        "CALLGATE_HANGUP__ENDPOINT": hangup_api.endpoint,
+        **KEY_ENV,  # the test key, through the SDK's default credential chain
         "CALLGATE_CACHE_DIR": str(embedded_cache),
         "HF_HOME": str(tmp_path_factory.mktemp("empty-hf-home")),
         "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
@@ -176,6 +188,39 @@ def test_biz_params_change_what_the_agent_says(first_run: ServerHandle, hotel: s
         biz_params={"hotel": hotel},
     )
     assert hotel.split()[1] in content, content  # "Lotus", "Pine"
+
+
+# Greedy dialogs whose outcome the embedded model and the end-call instruction give (the rates
+# over 64 dialogs: benchmarks/results/end_call.md). Questions first: a question's hang-up, if
+# there were one, would be requested before any goodbye's.
+ASKS = ["What is the capital of France?", "What is the capital of Japan?", "Do you have parking?"]
+GOODBYES = ["Goodbye!", "That's all, goodbye.", "I have to go now, bye."]
+
+
+@pytest.mark.slow
+def test_told_how_the_model_ends_the_call_on_goodbye_and_not_on_a_question(
+    first_run: ServerHandle, hangup_api: AliyunStandIn
+) -> None:
+    """Alias `ender` (end_call on): the marker is never in what the caller hears, and exactly the
+    goodbye dialogs' calls get one HangupOperate each, with their CallId, after the playback."""
+    said = {}
+    for n, words in enumerate(ASKS + GOODBYES):
+        content, reason, _ = ask(first_run, words, model="ender", session_id=f"real-{n}")
+        assert reason in ("stop", "length") and content, content
+        assert "end_call" not in content.lower(), content
+        said[words] = content
+    goodbyes = {f"real-{n}" for n in range(len(ASKS), len(ASKS) + len(GOODBYES))}
+    calls = hangup_api.wait_for(len(goodbyes), timeout_s=30)
+    assert sorted(c.query["CallId"] for c in calls) == sorted(goodbyes), said
+    assert all(c.query["ImmediateHangup"] == "False" and c.signed for c in calls)
+    assert len(hangup_api.calls) == len(goodbyes), said  # no question's call, none twice
+    for _ in range(100):  # counted once the API has answered: a moment after the request
+        sent = metric(scrape(first_run), "callgate_hangups_total", model="ender", outcome="sent")
+        if sent == len(GOODBYES):
+            break
+        time.sleep(0.1)
+    assert sent == len(GOODBYES)
+    assert MARKER not in first_run.log_text()  # nor in the log (content is not logged anyway)
 
 
 def test_a_model_that_cannot_be_loaded_ends_in_one_line(tmp_path: Path) -> None:
