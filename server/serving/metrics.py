@@ -118,7 +118,8 @@ class Metrics:
         self.registry = registry
         self.ttft = Histogram(
             "callgate_time_to_first_token_seconds",
-            "Request arrival to the first chunk with content handed to the transport.",
+            "Request arrival to the first chunk of the answer's content handed to the transport "
+            "(a filler said while the answer was late is not the answer).",
             ["model"],
             buckets=TTFT_BUCKETS,
             registry=registry,
