@@ -8,8 +8,9 @@ Three measurements on the tiny checkpoint (or `--model`), each server started by
   turns at once to an alias nobody has called yet (a fresh alias per round, so the cold server
   is cold every round), each with its own per-call value; at c=1 and c=16. Reported: TTFT, time
   to first clause (both at the client, on the wire) and the prompt tokens found cached.
-* **filler**: `--streams` closed-loop streams saturate the engine (a fresh prompt every turn),
-  half of them on an alias with a filler after `--filler-after` s and half on the same alias
+* **filler**: `--streams` closed-loop streams saturate an engine of `--saturate-seqs` decoding
+  slots (the other turns queue, so their first token is late; a fresh prompt every turn),
+  each alternating an alias with a filler after `--filler-after` s and the same alias
   without one; reported: time to the first content byte on the wire (the filler when one was
   said), TTFT of the answer, and how many turns got a filler.
 * **cost** (no server): the front end's cost per token of a turn's stream (`Turn.sse()` on a
