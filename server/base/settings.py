@@ -174,7 +174,7 @@ class EngineSettings(_Section):
         ge=0,
         description="How many more turns in flight a call's engine core may have than the least "
         "busy core before the call moves there (a core that is full, max_num_seqs turns, while "
-        "another has room, moves it too). None: a quarter of max_num_seqs, at least 2 "
+        "another has room, moves it too). None: half of max_num_seqs, at least 2 "
         "(benchmarks/README.md, data parallel, has the figures).",
     )
     quantization: str | None = Field(None, description="vLLM quantization method (awq, fp8...).")

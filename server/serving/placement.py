@@ -79,8 +79,11 @@ def place(
 
 
 def default_slack(max_num_seqs: int) -> int:
-    """`engine.affinity_slack` when unset: a quarter of a core's batch, at least 2."""
-    return max(2, max_num_seqs // 4)
+    """`engine.affinity_slack` when unset: half a core's batch, at least 2 (benchmarks/README.md,
+    data parallel: on two CPU cores with batches of 8, a slack of 4 kept more calls with their
+    cache and had a better TTFT p99 under uneven load than 2, or than moving only off a full
+    core)."""
+    return max(2, max_num_seqs // 2)
 
 
 class HasText(Protocol):

@@ -70,8 +70,8 @@ def test_a_core_that_is_not_there_is_no_home() -> None:
     assert place([2, 1], home=5, slack=2, capacity=8) == Placement(1, Affinity.NEW)
 
 
-def test_the_default_slack_is_a_quarter_of_a_batch_and_at_least_two() -> None:
-    assert [default_slack(n) for n in (1, 8, 64, 256)] == [2, 2, 16, 64]
+def test_the_default_slack_is_half_a_batch_and_at_least_two() -> None:
+    assert [default_slack(n) for n in (1, 8, 64, 256)] == [2, 4, 32, 128]
 
 
 # -- the call key -------------------------------------------------------------------------------
