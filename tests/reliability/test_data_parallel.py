@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import signal
 import time
 from collections.abc import Iterator
@@ -51,6 +52,8 @@ ENV = {
     "CALLGATE_SERVER__WORKERS": "2",
     "CALLGATE_ENGINE__DATA_PARALLEL_SIZE": "2",
     "CALLGATE_ENGINE__MAX_NUM_SEQS": "4",  # admission: 4 x 2 cores
+    # Calls first off: six calls start at once here, past the new-call level's default.
+    "CALLGATE_LIMITS__NEW_CALL_MAX_IN_FLIGHT": "8",
     "CALLGATE_ENGINE__AFFINITY_SLACK": "1",  # two turns ahead of the other core: a call moves
     "CALLGATE_SAMPLING__MAX_TOKENS": str(LONG),
 }
@@ -119,9 +122,10 @@ def _lines_of(handle: ServerHandle, mark: int, count: int) -> list[dict[str, Any
 @pytest.mark.compat
 def test_both_cores_serve_each_calls_turns_stay_on_one_and_the_sums_are_exact(dp):
     """Six overlapping calls of three turns each, on fresh connections (both workers): every
-    stream is well formed, both cores serve, each call's turns run on one core (vLLM's per-core
-    counts agree with the log), later turns find the dialog in that core's cache, and our
-    per-core counts sum exactly to the turns served."""
+    stream is well formed, both cores serve, a call's turn runs on the core of its last turn
+    unless released (this server's slack is 1: two turns ahead moves a call, which overlapping
+    calls can reach), held turns find the dialog in that core's cache, vLLM's per-core counts
+    agree with the log, and our per-core counts sum exactly to the turns served."""
     before, mark = scrape(dp), len(dp.log_text())
     sessions = [f"dp-call-{n}" for n in range(6)]
 
@@ -137,13 +141,19 @@ def test_both_cores_serve_each_calls_turns_stay_on_one_and_the_sums_are_exact(dp
             assert well_formed(reply.content).finish_reason == "length"
     lines = _lines_of(dp, mark, 18)
     assert len(lines) == 18 and {line["outcome"] for line in lines} == {"length"}
-    cores: dict[str, set[int]] = collections.defaultdict(set)
-    for line in lines:
-        cores[line["session_id"]].add(line["engine"])
-    assert all(len(ranks) == 1 for ranks in cores.values()), dict(cores)
-    assert set.union(*cores.values()) == {0, 1}, dict(cores)  # both cores serve
+    calls: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for line in sorted(lines, key=lambda line: line["time"]):
+        calls[line["session_id"]].append(line)
+    for turns in calls.values():
+        assert turns[0]["affinity"] == "new", turns
+        for last, turn in itertools.pairwise(turns):
+            moved = turn["engine"] != last["engine"]
+            assert moved == (turn["affinity"] == "released"), (last, turn)
+    assert {line["engine"] for line in lines} == {0, 1}  # both cores serve
     assert len({line["pid"] for line in lines}) == 2  # and both workers
-    assert sorted(line["affinity"] for line in lines) == ["held"] * 12 + ["new"] * 6
+    how = collections.Counter(line["affinity"] for line in lines)
+    assert how["new"] == 6 and how["held"] + how["released"] == 12, how
+    assert how["held"] > how["released"], how  # calls mostly stay where their dialog is
     # A later turn finds its call's first words in its core's prefix cache (another core has
     # none of them: no other call shares a block of it).
     later = [line for line in lines if line["affinity"] == "held"]
