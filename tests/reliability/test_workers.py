@@ -111,6 +111,27 @@ def test_info_gauge_says_what_runs(two):
     assert sorted(_worker_pids(two)) == list(range(WORKERS))
 
 
+@pytest.mark.compat  # the cached-token count that vLLM's output carries
+def test_the_prompts_are_warmed_once_for_both_workers(two):
+    """One engine core for both workers: worker 0 warms each alias's system prompt once before
+    the server is ready, and a call's first turn finds it cached, whichever worker takes it."""
+    lines = two.log_text().splitlines()
+    assert len([line for line in lines if "warmed the system prompt of first-words" in line]) == 1
+    for i in range(4):  # fresh connections: both workers
+        body = {
+            "model": "first-words",  # tests/tiny.yaml: a fixed prompt longer than one KV block
+            "stream": True,
+            "max_tokens": 1,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": f"Hello, this is caller {i}."}],
+            "biz_params": {"city": f"city {i}"},
+        }
+        with httpx.Client(timeout=60.0) as client:
+            response = client.post(f"{two.url}/", json=body, headers=_auth(two))
+        usage = well_formed(response.content).usage
+        assert usage is not None and usage["prompt_tokens_details"]["cached_tokens"] > 0
+
+
 @pytest.mark.compat
 def test_metrics_only_on_the_admin_port_whichever_worker_answers(two):
     for _ in range(6):  # fresh connections: both workers answer
