@@ -84,7 +84,9 @@ def test_a_killed_conversion_is_swept_and_does_not_block_the_next_run(
     proc = _spawn(tmp_path, "killed", peers=1, convert_s=600)
     cache = tmp_path / "cache"
     deadline = time.monotonic() + WAIT_S
-    while not (tmp_path / "conversions").is_file() or not _leftovers(cache):
+    # Until the conversion is under way: its first file written (the log line comes before it,
+    # and a kill between the two, seen on a loaded machine, would leave an empty directory).
+    while not any((d / "config.json").is_file() for d in _leftovers(cache)):
         assert proc.poll() is None, proc.communicate()[1]
         assert time.monotonic() < deadline, "the conversion never started"
         time.sleep(0.05)
