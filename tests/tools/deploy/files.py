@@ -50,6 +50,14 @@ CALLGATE_METRICS = {
     "callgate_engine_turns_total": "counter",
     "callgate_engine_turns_in_flight": "gauge",
 }
+# Exported only by a server with several engine cores (`engine.data_parallel_size` > 1, labelled by
+# core): tests/reliability/test_data_parallel.py reads them on its server; a one-core server has
+# no core to label.
+SEVERAL_CORES_ONLY = {
+    "callgate_engine_turns_total",
+    "callgate_engine_turns_created",
+    "callgate_engine_turns_in_flight",
+}
 PROMETHEUS_SYNTHETIC = {"up"}  # series Prometheus itself writes for every scrape target
 CONFIG_PATH_IN_IMAGE = "/etc/callgate/gpu.yaml"
 HANDLER_PATHS = {"/", "/chat/completions", "/v1/chat/completions"}
