@@ -4,7 +4,8 @@ Issue 4, point 5. Each signal gets its own server (the test ends it) with `drain
 `max_tokens` 16000 (`max_model_len` 16384): with two turns in flight, a short one (200 tokens)
 fits in the drain time and must finish normally, and a long one (~40 s) cannot and must end with
 the fallback sentence, a final chunk and `[DONE]`. Meanwhile `/ready` and new turns say 503 and
-the process exits 0, leaving no engine process behind.
+the process exits 0, leaving no engine process behind. The two-worker case runs two engine cores
+(`engine.data_parallel_size: 2`), so a data-parallel server's drain is checked with it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ EXIT_WITHIN_S = DRAIN_S + 60.0  # drain, then engine shutdown on a loaded 2-core
 def draining_server(start_server, workers):
     env = {
         "CALLGATE_SERVER__WORKERS": str(workers),
+        # With two workers, two engine cores too: the data-parallel server drains the same way.
+        "CALLGATE_ENGINE__DATA_PARALLEL_SIZE": str(workers),
         "CALLGATE_SHUTDOWN__DRAIN_S": str(DRAIN_S),
         "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1",
         "CALLGATE_ENGINE__MAX_MODEL_LEN": "16384",
@@ -52,10 +55,11 @@ def draining_server(start_server, workers):
     [
         (signal.SIGTERM, 1),
         (signal.SIGINT, 1),
-        # SharedCore's shutdown, the most release-specific: on the GPU host's release too.
+        # SharedCore's shutdown, the most release-specific: on the GPU host's release too;
+        # two workers on two engine cores (engine.data_parallel_size 2).
         pytest.param(signal.SIGTERM, 2, marks=pytest.mark.compat),
     ],
-    ids=["SIGTERM", "SIGINT", "SIGTERM-2-workers"],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-2-workers-2-cores"],
 )
 def test_signal_drains_then_exits_zero(draining_server, sig, workers):
     srv = draining_server
