@@ -209,3 +209,16 @@ async def serve_in_process(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://callgate") as client:
             yield client, runtime
+
+
+@asynccontextmanager
+async def serve_settings(
+    settings: Settings, engine_factory: Any, code: str, ready: bool = True
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    """`create_app(settings)` on `engine_factory` (a `ScriptedEngine(...).factory`), with no
+    LoRA adapters and the one auth `code`, served in-process (`serve_in_process`)."""
+    from server.app.routes import create_app
+
+    app = create_app(settings, [code], engine_factory=engine_factory, adapters=Adapters())
+    async with serve_in_process(app, ready) as served:
+        yield served

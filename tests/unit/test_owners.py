@@ -22,15 +22,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from server.app.responses import TURN_GRACE_S, Completion, PlainStream
-from server.app.routes import create_app
 from server.base import errors
 from server.base.logs import JsonFormatter, TextFormatter
 from server.base.outcomes import Outcome
 from server.base.settings import ModelsSettings, Settings
-from server.engine.adapters import Adapters
 from server.serving.lifecycle import Runtime
 from server.serving.metrics import Metrics
-from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, scripted_turn, serve_in_process
+from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, scripted_turn, serve_settings
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
 AUTH = "test-code-0123456789"
@@ -51,8 +49,7 @@ def _settings(model: Path, **sections: Any) -> Settings:
 async def _serve(
     settings: Settings, engine: ScriptedEngine
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    app = create_app(settings, [AUTH], engine_factory=engine.factory, adapters=Adapters())
-    async with serve_in_process(app) as served:
+    async with serve_settings(settings, engine.factory, AUTH) as served:
         yield served
 
 

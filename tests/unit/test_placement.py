@@ -16,10 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from server.app.routes import create_app
 from server.base.logs import JsonFormatter
 from server.base.settings import Settings
-from server.engine.adapters import Adapters
 from server.engine.api import Delta
 from server.serving.calls import CallTable
 from server.serving.lifecycle import Runtime
@@ -36,7 +34,7 @@ from server.serving.placement import (
     release_row,
 )
 from server.wire.schemas import parse_request
-from tests.scripted_engine import ScriptedEngine, serve_in_process
+from tests.scripted_engine import ScriptedEngine, serve_settings
 
 AUTH = "test-code-0123456789"
 HEADERS = {"Authorization": AUTH}
@@ -173,8 +171,7 @@ def _settings(model: Path, **engine: Any) -> Settings:
 async def _serve(
     settings: Settings, engine: ScriptedEngine
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    app = create_app(settings, [AUTH], engine_factory=engine.factory, adapters=Adapters())
-    async with serve_in_process(app) as served:
+    async with serve_settings(settings, engine.factory, AUTH) as served:
         yield served
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 
 from server.app.responses import Completion
-from server.app.routes import create_app
 from server.base.exits import EXIT_ENGINE_DEAD
 from server.base.settings import Settings
 from server.engine.adapters import Adapters
@@ -28,7 +27,7 @@ from server.engine.api import Engine
 from server.serving.calls import CallClass
 from server.serving.lifecycle import Runtime
 from server.wire.schemas import ChatRequest, parse_request
-from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, serve_in_process
+from tests.scripted_engine import FALLBACK, STALL, ScriptedEngine, serve_settings
 
 AUTH = "test-code-0123456789"
 HEADERS = {"Authorization": AUTH}
@@ -51,8 +50,7 @@ def _settings(model: Path, **sections: Any) -> Settings:
 async def _serve(
     settings: Settings, factory: Factory, ready: bool = True
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    app = create_app(settings, [AUTH], engine_factory=factory, adapters=Adapters())
-    async with serve_in_process(app, ready) as served:
+    async with serve_settings(settings, factory, AUTH, ready) as served:
         yield served
 
 
