@@ -73,7 +73,7 @@ def write_config(path: Path, model: str, args: argparse.Namespace) -> list[str]:
     """tests/tiny.yaml with the benchmark's aliases; the cold/warm aliases, in order."""
     from server.text.tokenizer import ChatTokenizer
 
-    tok = ChatTokenizer.load(model, trust_remote_code=False, enable_thinking=False)
+    tok = ChatTokenizer.load(model, trust_remote_code=False)
     config = yaml.safe_load(CONFIG.read_text())
     rounds = args.rounds_c1 + args.rounds_c16
     aliases: dict[str, Any] = {"qwen-plus": {"system_prompt": ""}}

@@ -50,8 +50,8 @@ def main() -> None:
         model = str(build(Path(tempfile.mkdtemp(prefix="callgate-tiny-"))))
 
     def fresh() -> PromptBuilder:
-        tok = ChatTokenizer.load(model, trust_remote_code=False, enable_thinking=False)
-        return PromptBuilder(tok, max_model_len=32768, reserve=256)
+        tok = ChatTokenizer.load(model, trust_remote_code=False)
+        return PromptBuilder(tok, max_model_len=32768, reserve=256, thinking=False)
 
     builder = fresh()
     history = dialog(args.turns)

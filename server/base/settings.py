@@ -265,6 +265,12 @@ class AliasSettings(_Section):
         "started, never two, not for stream: false. End each as the answer should follow it "
         "(a space, a comma).",
     )
+    enable_thinking: bool | None = Field(
+        None,
+        description="Qwen3 thinking for this alias (sampling.enable_thinking says what it is): "
+        "e.g. a quick alias and one that reasons, on one checkpoint. None: "
+        "sampling.enable_thinking.",
+    )
     filler_after_s: float | None = Field(
         None,
         ge=0,
@@ -311,7 +317,8 @@ class SamplingSettings(_Section):
     enable_thinking: bool = Field(
         False,
         description="Qwen3 thinking. Off: the template's empty think block, <think> banned. "
-        "On: the model reasons, but only the answer after </think> is spoken.",
+        "On: the model reasons, but only the answer after </think> is spoken. Each alias "
+        "may say otherwise (models.aliases.*.enable_thinking).",
     )
 
 
@@ -411,6 +418,12 @@ class Settings(BaseSettings):
                     f"deadlines.first_token_s ({deadline}): the fallback would come first"
                 )
         return self
+
+    def thinking(self, alias: str) -> bool:
+        """Whether `alias` thinks: its own `enable_thinking`, else `sampling.enable_thinking`.
+        The one place this is decided: the prompt, the banned tokens and the reply's filter."""
+        own = self.models.aliases[alias].enable_thinking
+        return self.sampling.enable_thinking if own is None else own
 
     @classmethod
     def settings_customise_sources(

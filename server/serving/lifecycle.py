@@ -88,9 +88,7 @@ class Runtime:
         s = self.settings
         try:
             tokenizer = ChatTokenizer.load(
-                s.engine.model,
-                trust_remote_code=s.engine.trust_remote_code,
-                enable_thinking=s.sampling.enable_thinking,
+                s.engine.model, trust_remote_code=s.engine.trust_remote_code
             )
             engine = await self._engine_factory(s, self.adapters)
             board = Switchboard(

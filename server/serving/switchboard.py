@@ -36,7 +36,7 @@ from server.serving.placement import Placer, affinity_key, default_slack
 from server.serving.progress import Progress
 from server.serving.turn import Turn, TurnPlan
 from server.serving.turn_log import log_turn
-from server.text.prompt import PromptBuilder, SystemPrompts, alias_template, assemble
+from server.text.prompt import PromptBuilder, alias_prompts, assemble
 from server.text.sampling import sampling_kwargs
 from server.text.tokenizer import ChatTokenizer
 from server.wire.chunks import ChunkRenderer
@@ -74,21 +74,29 @@ class Switchboard:
         self.engine = engine
         self.metrics = metrics
         self._aliases = settings.models.aliases
-        self._prompts = SystemPrompts(
-            {a: alias_template(s.system_prompt, s.end_call) for a, s in self._aliases.items()}
-        )
+        self._prompts = alias_prompts(self._aliases)
         # Calls the model ends are hung up through these (the runtime's, which it closes).
         self.hangups = hangups or Hangups(settings.hangup, metrics.count_hangup)
         self._adapters = {a: adapter.name for a, adapter in engine.adapters.by_alias.items()}
-        self._builder = PromptBuilder(
-            tokenizer, engine.max_model_len, reserve=settings.sampling.max_tokens
-        )
-        # Thinking off: the template renders the empty think block, and the markers are banned
-        # at the sampler as a second guard. On: the reasoning is filtered out of the reply
-        # (`server/text/thinking.py`), for checkpoints that have the `</think>` token at all.
-        thinking = settings.sampling.enable_thinking
-        self._banned = () if thinking else tokenizer.token_ids(*THINK_TOKENS)
-        self._thinking = thinking and bool(tokenizer.token_ids(THINK_TOKENS[1]))
+        # Each alias thinks or not (`Settings.thinking`). Off: the template renders the empty
+        # think block, and the markers are banned at the sampler as a second guard. On: the
+        # reasoning is filtered out of the reply (`server/text/thinking.py`), for checkpoints
+        # that have the `</think>` token at all.
+        think_ids = tokenizer.token_ids(*THINK_TOKENS)
+        can_think = bool(tokenizer.token_ids(THINK_TOKENS[1]))
+        self._builders: dict[str, PromptBuilder] = {}
+        self._banned: dict[str, tuple[int, ...]] = {}
+        self._thinking: dict[str, bool] = {}
+        for alias in self._aliases:
+            thinking = settings.thinking(alias)
+            self._builders[alias] = PromptBuilder(
+                tokenizer,
+                engine.max_model_len,
+                reserve=settings.sampling.max_tokens,
+                thinking=thinking,
+            )
+            self._banned[alias] = () if thinking else think_ids
+            self._thinking[alias] = thinking and can_think
         ranks = engine.data_parallel_size  # engine cores; max_num_seqs is each one's
         self.max_in_flight = settings.limits.max_in_flight or engine.max_num_seqs * ranks
         self.new_call_max_in_flight = min(
@@ -220,14 +228,14 @@ class Switchboard:
         spoken = self._aliases[alias]
         system = self._prompts.render(alias, request.biz_params)
         dialog = assemble(system, [(m.role, m.text) for m in request.messages])
-        prompt = self._builder.build(dialog)
+        prompt = self._builders[alias].build(dialog)
         sampling = self.engine.params(
             sampling_kwargs(
                 request,
                 self.engine.generation_defaults,
                 max_tokens_cap=self.settings.sampling.max_tokens,
                 room=self.engine.max_model_len - len(prompt.token_ids),
-                banned_token_ids=self._banned,
+                banned_token_ids=self._banned[alias],
             )
         )
         return TurnPlan(
@@ -245,7 +253,7 @@ class Switchboard:
             turn_s=self.settings.deadlines.turn_s,
             arrival=arrival,
             dropped_turns=prompt.dropped_turns,
-            thinking=self._thinking,
+            thinking=self._thinking[alias],
             speech_filter=spoken.speech_filter,
             url_phrase=spoken.url_phrase,
             adapter=self._adapters.get(alias),

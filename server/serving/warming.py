@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server.base.errors import CallgateError
-from server.text.prompt import Encoder, PromptBuilder, SystemPrompts, assemble
+from server.text.prompt import Encoder, PromptBuilder, alias_prompts, assemble
 
 if TYPE_CHECKING:
     from server.base.settings import Settings
@@ -47,8 +47,8 @@ def warm_prompts(settings: Settings, encoder: Encoder, engine: Engine) -> list[W
     """The distinct fixed prompt prefixes of the configured aliases, as token ids (aliases
     without a fixed system prompt have nothing to warm)."""
     aliases = settings.models.aliases
-    prompts = SystemPrompts({alias: spoken.system_prompt for alias, spoken in aliases.items()})
-    builder = PromptBuilder(encoder, engine.max_model_len, reserve=settings.sampling.max_tokens)
+    prompts = alias_prompts(aliases)
+    reserve = settings.sampling.max_tokens
     adapters = {alias: adapter.name for alias, adapter in engine.adapters.by_alias.items()}
     found: dict[tuple[tuple[int, ...], str | None], list[str]] = {}
     for alias in aliases:
@@ -56,6 +56,9 @@ def warm_prompts(settings: Settings, encoder: Encoder, engine: Engine) -> list[W
         if not prefix:
             continue
         try:
+            builder = PromptBuilder(
+                encoder, engine.max_model_len, reserve, thinking=settings.thinking(alias)
+            )
             ids = builder.build(assemble(prefix, [])).token_ids
         except CallgateError as e:  # the chat template wants more than a system message
             log.warning("alias %s: its system prompt cannot be warmed: %s", alias, e.message)

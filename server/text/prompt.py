@@ -21,7 +21,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jinja2 import ChainableUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -29,13 +29,16 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from server.base.errors import ContextTooLong, InvalidRequest
 from server.text.end_call import INSTRUCTION as END_CALL_INSTRUCTION
 
+if TYPE_CHECKING:
+    from server.base.settings import AliasSettings
+
 Message = tuple[str, str]  # (role, text): one message of the dialog
 
 
 class Encoder(Protocol):
     """What prompt building needs from a tokenizer; `tokenizer.py` adapts Hugging Face's."""
 
-    def render(self, messages: list[dict[str, str]]) -> str: ...
+    def render(self, messages: list[dict[str, str]], *, thinking: bool) -> str: ...
     def encode_template(self, text: str) -> Sequence[int]: ...
     def encode_text(self, text: str) -> Sequence[int]: ...
 
@@ -111,6 +114,13 @@ def alias_template(template: str, end_call: bool) -> str:
     return f"{template.rstrip()}\n\n{END_CALL_INSTRUCTION}"
 
 
+def alias_prompts(aliases: Mapping[str, AliasSettings]) -> SystemPrompts:
+    """The aliases' system prompt templates as their turns and their warm-ups render them."""
+    return SystemPrompts(
+        {a: alias_template(s.system_prompt, s.end_call) for a, s in aliases.items()}
+    )
+
+
 def assemble(system_prompt: str, turns: Sequence[Message]) -> list[Message]:
     """One system message first (alias prompt, then the request's own), then the dialog."""
     system = [system_prompt] if system_prompt else []
@@ -122,8 +132,11 @@ def assemble(system_prompt: str, turns: Sequence[Message]) -> list[Message]:
 class PromptBuilder:
     """Token ids for a dialog, fitted into the context."""
 
-    def __init__(self, encoder: Encoder, max_model_len: int, reserve: int) -> None:
+    def __init__(
+        self, encoder: Encoder, max_model_len: int, reserve: int, *, thinking: bool
+    ) -> None:
         self._encoder = encoder
+        self._thinking = thinking  # the template's: an empty think block when off (Qwen3)
         self._max_len = max_model_len
         # Keep room for a full reply when history must be dropped anyway.
         self._budget = max(1, max_model_len - reserve)
@@ -166,7 +179,7 @@ class PromptBuilder:
     ) -> list[int]:
         messages = [{"role": dialog[i][0], "content": f"\x1f{self._nonce}:{i}\x1f"} for i in chosen]
         try:
-            rendered = self._encoder.render(messages)
+            rendered = self._encoder.render(messages, thinking=self._thinking)
         except TemplateError as e:
             # The checkpoint's chat template refused this dialog (`raise_exception`, e.g.
             # roles that do not alternate): the dialog is the caller's part, so a 400.

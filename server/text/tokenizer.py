@@ -27,11 +27,10 @@ from tokenizers import Tokenizer
 
 
 class ChatTokenizer:
-    def __init__(self, hf_tokenizer: Any, *, enable_thinking: bool) -> None:
+    def __init__(self, hf_tokenizer: Any) -> None:
         if not getattr(hf_tokenizer, "chat_template", None):
             raise ValueError("the checkpoint has no chat template")
         self._hf = hf_tokenizer
-        self._template_kwargs = {"enable_thinking": enable_thinking}
         backend: Tokenizer = hf_tokenizer.backend_tokenizer
         self._special = Tokenizer.from_str(backend.to_str())
         self._special.encode_special_tokens = False
@@ -41,15 +40,17 @@ class ChatTokenizer:
         self._text_ids = _ByteBoundedCache(self._plain, TEXT_CACHE_BYTES)
 
     @classmethod
-    def load(cls, model: str, *, trust_remote_code: bool, enable_thinking: bool) -> ChatTokenizer:
+    def load(cls, model: str, *, trust_remote_code: bool) -> ChatTokenizer:
         from transformers import AutoTokenizer
 
         hf = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-        return cls(hf, enable_thinking=enable_thinking)
+        return cls(hf)
 
-    def render(self, messages: list[dict[str, str]]) -> str:
+    def render(self, messages: list[dict[str, str]], *, thinking: bool) -> str:
+        """The chat template's text; `thinking` is Qwen3's `enable_thinking` (other templates
+        ignore it)."""
         text = self._hf.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **self._template_kwargs
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
         )
         assert isinstance(text, str)
         return text

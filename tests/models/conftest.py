@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.conftest import Api, ServerHandle, launch_server
+from tests.conftest import TINY_CONFIG, Api, ServerHandle, launch_server
 
 
 @contextlib.contextmanager
@@ -24,9 +25,9 @@ def _api_on(
     model_dir: Path,
     factory: pytest.TempPathFactory,
     make_api: Callable[[ServerHandle], Api],
-    env: dict[str, str] | None = None,
+    config: Path | None = None,
 ) -> Iterator[Api]:
-    with launch_server(model_dir, factory.mktemp("server-logs"), env=env) as handle:
+    with launch_server(model_dir, factory.mktemp("server-logs"), config=config) as handle:
         yield make_api(handle)
 
 
@@ -39,16 +40,14 @@ def qwen_api(qwen_model_dir: Path, tmp_path_factory: Any, make_api: Any) -> Iter
 
 @pytest.fixture(scope="module")
 def qwen3_api(qwen3_model_dir: Path, tmp_path_factory: Any, make_api: Any) -> Iterator[Api]:
-    """A server on the Qwen3 checkpoint with thinking off (the default)."""
-    with _api_on(qwen3_model_dir, tmp_path_factory, make_api) as api:
-        yield api
-
-
-@pytest.fixture(scope="module")
-def thinking_api(qwen3_model_dir: Path, tmp_path_factory: Any, make_api: Any) -> Iterator[Api]:
-    """A server on the Qwen3 checkpoint with `sampling.enable_thinking: true`."""
-    env = {"CALLGATE_SAMPLING__ENABLE_THINKING": "true"}
-    with _api_on(qwen3_model_dir, tmp_path_factory, make_api, env) as api:
+    """A server on the Qwen3 checkpoint, `tests/tiny.yaml` settings but for one alias: qwen-plus
+    thinks (its own `enable_thinking: true`), qwen-max does not (`sampling.enable_thinking`'s
+    default, off)."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["models"]["aliases"]["qwen-plus"]["enable_thinking"] = True
+    path = tmp_path_factory.mktemp("qwen3-config") / "qwen3.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with _api_on(qwen3_model_dir, tmp_path_factory, make_api, config=path) as api:
         yield api
 
 

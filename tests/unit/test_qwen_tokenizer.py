@@ -55,21 +55,19 @@ def ordinary() -> Callable[[str], list[int]]:
 
 @pytest.fixture(scope="module")
 def qwen(qwen_model_dir: Path) -> ChatTokenizer:
-    return ChatTokenizer.load(str(qwen_model_dir), trust_remote_code=False, enable_thinking=False)
+    return ChatTokenizer.load(str(qwen_model_dir), trust_remote_code=False)
 
 
 @pytest.fixture(scope="module")
 def qwen3(qwen3_model_dir: Path) -> ChatTokenizer:
-    return ChatTokenizer.load(str(qwen3_model_dir), trust_remote_code=False, enable_thinking=False)
+    return ChatTokenizer.load(str(qwen3_model_dir), trust_remote_code=False)
 
 
-@pytest.fixture(scope="module")
-def qwen3_thinking(qwen3_model_dir: Path) -> ChatTokenizer:
-    return ChatTokenizer.load(str(qwen3_model_dir), trust_remote_code=False, enable_thinking=True)
-
-
-def _build(tok: ChatTokenizer, dialog: list[Message], max_model_len: int = 4096) -> list[int]:
-    return PromptBuilder(tok, max_model_len=max_model_len, reserve=32).build(dialog).token_ids
+def _build(
+    tok: ChatTokenizer, dialog: list[Message], max_model_len: int = 4096, thinking: bool = False
+) -> list[int]:
+    builder = PromptBuilder(tok, max_model_len=max_model_len, reserve=32, thinking=thinking)
+    return builder.build(dialog).token_ids
 
 
 def test_the_checkpoint_has_qwen_ids(qwen: ChatTokenizer, qwen3: ChatTokenizer) -> None:
@@ -97,7 +95,7 @@ def test_chinese_round_trips_exactly_through_a_prompt(qwen: ChatTokenizer) -> No
         ("user", "你是谁？"),
     ]
     ids = _build(qwen, dialog)
-    rendered = qwen.render([{"role": r, "content": c} for r, c in dialog])
+    rendered = qwen.render([{"role": r, "content": c} for r, c in dialog], thinking=False)
     assert qwen._hf.decode(ids) == rendered
     assert CHINESE in qwen._hf.decode(ids)
     assert len(qwen.encode_text(CHINESE)) < len(CHINESE)  # whole-character and word tokens
@@ -146,11 +144,11 @@ def test_only_splitting_special_tokens_would_leak_non_special_ones(
 
 
 def test_thinking_off_renders_the_empty_think_block(
-    qwen3: ChatTokenizer, qwen3_thinking: ChatTokenizer, qwen: ChatTokenizer
+    qwen3: ChatTokenizer, qwen: ChatTokenizer
 ) -> None:
     dialog: list[Message] = [("user", "你好")]
     off = _build(qwen3, dialog)
-    on = _build(qwen3_thinking, dialog)
+    on = _build(qwen3, dialog, thinking=True)
     assert off[-7:] == GENERATION_PROMPT + EMPTY_THINK_BLOCK
     assert on[-3:] == GENERATION_PROMPT and off[:-4] == on
     assert qwen3.token_ids("<think>", "</think>") == (THINK_ID, END_THINK_ID)  # banned when off
@@ -173,13 +171,13 @@ def test_truncation_keeps_whole_turns(qwen3: ChatTokenizer, with_system: bool) -
     for i in range(40):
         dialog += [("user", f"第{i}个问题：{CHINESE}"), ("assistant", f"第{i}个回答 <think>{i}")]
     dialog.append(("user", "最后的问题 </think>"))
-    builder = PromptBuilder(qwen3, max_model_len=512, reserve=64)
+    builder = PromptBuilder(qwen3, max_model_len=512, reserve=64, thinking=False)
     prompt = builder.build(dialog)
     assert 0 < prompt.dropped_turns < len(dialog) - 1
     assert len(prompt.token_ids) <= 512 - 64
     head = 1 if with_system else 0
     kept = dialog[:head] + dialog[head + prompt.dropped_turns :]
-    rendered = qwen3.render([{"role": r, "content": c} for r, c in kept])
+    rendered = qwen3.render([{"role": r, "content": c} for r, c in kept], thinking=False)
     # Exactly the template over whole kept turns: no message was cut, no marker leaked.
     assert qwen3._hf.decode(prompt.token_ids) == rendered
     assert (

@@ -1,18 +1,29 @@
 """Qwen3 thinking is never spoken: the streaming filter, and a turn that uses it.
 
 The turn tests script the engine's deltas, because the random-weight test model cannot be made
-to write `</think>` on demand; `tests/models/test_api_qwen3_thinking_on.py` checks the real server.
+to write `</think>` on demand; `tests/models/test_api_qwen3_thinking.py` checks the real server, and
+the end of this file which alias thinks on one switchboard.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
+from server.base.settings import Settings
+from server.serving.calls import CallClass
+from server.serving.metrics import Metrics
+from server.serving.switchboard import THINK_TOKENS, Switchboard
 from server.text.thinking import ThinkingFilter
+from server.text.tokenizer import ChatTokenizer
+from server.wire.schemas import parse_request
 from tests.scripted_engine import FALLBACK, ScriptedEngine, scripted_turn, texts_of
 from tests.unit.splits import split_at
 
@@ -105,3 +116,55 @@ def test_with_thinking_off_there_is_no_filter_and_text_passes_unchanged() -> Non
     turn = scripted_turn(ScriptedEngine(REPLY), thinking=False)
     assert turn._thinking is None
     assert "".join(asyncio.run(texts_of(turn))) == "".join(REPLY)
+
+
+# -- which alias thinks ----------------------------------------------------------------------
+
+
+def _settings(model: Path, sampling_on: bool, own: dict[str, bool | None]) -> Settings:
+    aliases = {alias: {"enable_thinking": value} for alias, value in own.items()}
+    return Settings(
+        engine={"model": str(model)},
+        models={"default": next(iter(own)), "aliases": aliases},
+        sampling={"enable_thinking": sampling_on},
+    )
+
+
+@pytest.mark.parametrize(
+    ("sampling_on", "own", "thinks"),
+    [
+        (False, None, False),
+        (True, None, True),
+        (False, True, True),
+        (True, False, False),
+    ],
+)
+def test_an_alias_thinks_as_it_says_else_as_sampling_says(
+    tiny_model_dir: Path, sampling_on: bool, own: bool | None, thinks: bool
+) -> None:
+    settings = _settings(tiny_model_dir, sampling_on, {"quick": own, "other": not thinks})
+    assert settings.thinking("quick") is thinks
+    assert settings.thinking("other") is (not thinks)
+
+
+def test_one_switchboard_plans_each_alias_with_its_own_thinking(qwen3_model_dir: Path) -> None:
+    """On the Qwen3 checkpoint: the quick alias's prompt ends with the empty think block and its
+    sampler bans the markers; the reasoning alias's prompt has no block, nothing is banned, and
+    its reply goes through the filter."""
+    settings = _settings(qwen3_model_dir, False, {"quick": None, "reasoning": True})
+    tokenizer = ChatTokenizer.load(str(qwen3_model_dir), trust_remote_code=False)
+    board = Switchboard(settings, ScriptedEngine(), tokenizer, Metrics(CollectorRegistry()))
+    think_ids = tokenizer.token_ids(*THINK_TOKENS)
+    assert len(think_ids) == 2
+    plans = {}
+    for alias in ("quick", "reasoning"):
+        body = {"model": alias, "messages": [{"role": "user", "content": "你好"}]}
+        request = parse_request(json.dumps(body).encode())
+        plans[alias] = board.plan_now(request, alias, time.perf_counter(), CallClass.FIRST)
+    quick, reasoning = plans["quick"], plans["reasoning"]
+    empty_block = tokenizer.encode_template("<think>\n\n</think>\n\n")
+    assert quick.token_ids[-len(empty_block) :] == list(empty_block)
+    assert quick.token_ids[: -len(empty_block)] == reasoning.token_ids
+    assert set(quick.sampling["logit_bias"]) == set(think_ids)
+    assert "logit_bias" not in reasoning.sampling
+    assert (quick.thinking, reasoning.thinking) == (False, True)

@@ -61,14 +61,12 @@ ALIASES: dict[str, dict[str, Any]] = {
 
 def test_one_prompt_per_distinct_prefix_in_a_turns_own_token_ids(tiny_model_dir: Path) -> None:
     settings = _settings(tiny_model_dir, **ALIASES)
-    tokenizer = ChatTokenizer.load(
-        str(tiny_model_dir), trust_remote_code=False, enable_thinking=False
-    )
+    tokenizer = ChatTokenizer.load(str(tiny_model_dir), trust_remote_code=False)
     prompts = warm_prompts(settings, tokenizer, ScriptedEngine())
     assert [p.aliases for p in prompts] == [("qwen-plus",), ("qwen-max", "qwen-turbo")]
     assert all(p.adapter is None for p in prompts)
 
-    builder = PromptBuilder(tokenizer, 2048, reserve=32)
+    builder = PromptBuilder(tokenizer, 2048, reserve=32, thinking=False)
     for prompt, system in zip(
         prompts, [CITY.replace("{{ biz.city }}", "Hangzhou"), FIXED], strict=True
     ):
