@@ -29,6 +29,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -391,38 +392,15 @@ def _auth(handle) -> dict[str, str]:
     return {"Authorization": handle.auth}
 
 
-# -- a reader that stops reading -------------------------------------------------------------
+# -- the turn deadline ------------------------------------------------------------------------
 
 
-def test_reader_that_stops_reading_is_cut_off_by_the_turn_deadline(busy, idle_before):
-    body = json.dumps(long_body(LONG)).encode()
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, never read
-        sock.connect(address(busy))
-        sock.sendall(request_head(busy, auth=busy.auth, length=len(body)) + body)
-        # The engine works for this socket until the deadline...
-        assert wait_for(lambda: load(busy).running == 1, 5.0), load(busy)
-        # ...then the turn is cut off, counted as `deadline`, and the engine request aborted.
-        cut = wait_for(
-            lambda: delta(outcomes(busy), idle_before).get("deadline") == 1, TURN_S + 10.0, 0.2
-        )
-        assert cut, delta(outcomes(busy), idle_before)
-        idle = wait_idle(busy)
-        assert idle.idle, idle
-    assert delta(outcomes(busy), idle_before) == {"deadline": 1}
-    _assert_serves(busy)
-
-
-def test_reading_caller_past_the_turn_deadline_hears_a_well_formed_ending(busy, idle_before):
-    """A turn that outlives `turn_s` while the caller reads must still end audibly.
-
-    Issue 4: "The call must never go silent or get a broken stream." The caller is reading, so
-    the server can still write the fallback sentence, a final chunk and `[DONE]`.
-    """
+def _read_past_the_turn_deadline(handle) -> bytes:
+    """A caller that reads a turn outliving `turn_s` to its end: what it received."""
     received = bytearray()
     with (
         httpx.Client(timeout=TURN_S + 30.0) as client,
-        client.stream("POST", f"{busy.url}/", json=long_body(LONG), headers=_auth(busy)) as r,
+        client.stream("POST", f"{handle.url}/", json=long_body(LONG), headers=_auth(handle)) as r,
     ):
         assert r.status_code == 200
         try:
@@ -434,10 +412,41 @@ def test_reading_caller_past_the_turn_deadline_hears_a_well_formed_ending(busy, 
                 f"stream cut at the turn deadline ({e}); it ended: {bytes(received[-300:])!r}",
                 pytrace=False,
             )
-    stream = well_formed(bytes(received))
-    assert stream.content.endswith(FALLBACK)
-    assert delta(outcomes(busy), idle_before) == {"deadline": 1}
-    assert wait_idle(busy).idle
+    return bytes(received)
+
+
+def test_the_turn_deadline_cuts_off_a_stalled_reader_and_ends_a_readers_turn_audibly(
+    busy, idle_before
+):
+    """Two turns outlive `turn_s` at once (one deadline's wait for both):
+
+    * a reader that stops reading (a small window, never read) is cut off at the deadline,
+      counted as `deadline`, and its engine request aborted;
+    * a caller that reads still hears the turn end audibly (issue 4: "The call must never go
+      silent or get a broken stream"): the fallback sentence, a final chunk and `[DONE]`.
+    """
+    body = json.dumps(long_body(LONG)).encode()
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(_read_past_the_turn_deadline, busy)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(address(busy))
+            sock.sendall(request_head(busy, auth=busy.auth, length=len(body)) + body)
+            # The engine works for both until the deadline...
+            assert wait_for(lambda: load(busy).running == 2, 5.0), load(busy)
+            # ...then both turns end, counted as `deadline`, and the engine requests aborted.
+            cut = wait_for(
+                lambda: delta(outcomes(busy), idle_before).get("deadline") == 2,
+                TURN_S + 10.0,
+                0.2,
+            )
+            assert cut, delta(outcomes(busy), idle_before)
+            idle = wait_idle(busy)
+            assert idle.idle, idle
+        received = reading.result(timeout=30.0)
+    assert well_formed(received).content.endswith(FALLBACK)
+    assert delta(outcomes(busy), idle_before) == {"deadline": 2}
+    _assert_serves(busy)
 
 
 # -- barge-in --------------------------------------------------------------------------------
