@@ -11,9 +11,11 @@ import os
 import secrets
 import sys
 
+import yaml
+
 from server.base.exits import EXIT_LOAD_FAILED, EXIT_REFUSED
 from server.base.logs import setup_logging
-from server.base.settings import Settings, load_settings
+from server.base.settings import Settings, load_settings, settings_problem
 from server.engine.adapters import AdapterError, Adapters
 from server.engine.adapters import resolve as resolve_adapters
 from server.engine.model_source import Unavailable, resolve
@@ -81,7 +83,11 @@ def adapters(settings: Settings) -> Adapters:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = settings_from(args)
+    try:
+        settings = settings_from(args)
+    except (OSError, ValueError, yaml.YAMLError) as e:  # pydantic's ValidationError included
+        sys.stderr.write(f"callgate: refusing to start: {settings_problem(e)}\n")
+        return EXIT_REFUSED
     setup_logging(settings.server.log_format, settings.server.log_level)
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")

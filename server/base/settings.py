@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -454,3 +462,16 @@ def load_settings(path: str | Path | None) -> Settings:
     if codes is not None:
         data["auth"] = {**(data.get("auth") or {}), "codes": codes}
     return Settings(**data)
+
+
+def settings_problem(error: Exception) -> str:
+    """One line for settings that do not load (`load_settings`'s errors): each invalid field's
+    place and pydantic's reason, never the value given (it may be an auth code)."""
+    if isinstance(error, ValidationError):
+        return "invalid settings: " + "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or 'settings'}: {e['msg']}"
+            for e in error.errors(include_url=False, include_input=False)
+        )
+    if isinstance(error, OSError):
+        return f"cannot read the settings file: {error.strerror or error} ({error.filename})"
+    return "the settings file is not valid YAML settings: " + " ".join(str(error).split())

@@ -63,3 +63,42 @@ def test_an_alias_may_name_a_lora_adapter(tmp_path: Path, monkeypatch: pytest.Mo
     assert aliases["qwen-plus"].lora is None and aliases["qwen-plus-hotel"].lora == "/a"
     monkeypatch.setenv("CALLGATE_MODELS__ALIASES", '{"qwen-plus": {"lora": "acme/hotel"}}')
     assert load_settings(None).models.aliases["qwen-plus"].lora == "acme/hotel"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("engine:\n  modle: typo\n", "engine.modle: Extra inputs are not permitted"),
+        ("engine:\n  max_num_seqs: 0\n", "engine.max_num_seqs: Input should be greater than"),
+        ("server:\n  port: sk-not-a-port-0123456789\n", "server.port: Input should be a valid"),
+        ("engine: [1,\n", "not valid YAML settings"),
+        ("- a list\n", "top level must be a mapping"),
+    ],
+)
+def test_a_settings_file_that_does_not_load_refuses_to_start_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, why: str
+) -> None:
+    """Exit 2 (a setting the server will not run with), one line naming the field and the
+    reason, no traceback, and never the value given: it may be an auth code."""
+    from server.__main__ import main
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("callgate: refusing to start: ") and err.count("\n") == 1, err
+    assert why in err
+    assert "sk-not-a-port" not in err and "Traceback" not in err
+
+
+def test_a_missing_settings_file_refuses_to_start_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.__main__ import main
+
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "callgate: refusing to start: cannot read the settings file: No such file or directory "
+        f"({tmp_path / 'missing.yaml'})\n"
+    )
