@@ -52,8 +52,13 @@ venv-compat: ## create $(COMPAT_VENV): the same on vLLM $(COMPAT_VLLM), the GPU 
 # The tests marked `compat` (what a vLLM release can break: the engine adapter's paths, mostly on
 # the shared server), on the GPU host's release in its own environment. `make test
 # VENV=.venv-0.26` runs all.
+# TORCH_COMPILE_DISABLE: vLLM 0.26's CPU sampler (`forward_cpu`) is a torch.compile function,
+# which every engine start compiled with inductor, checking the CPU's vector ISAs in fresh Python
+# processes: 17 s of a lone start here, 40 s beside others. It runs eagerly instead (the same
+# ops), and the GPU host never runs it (CUDA samples with its own kernels); 0.32 compiles nothing
+# on this path.
 test-compat: venv-compat ## the `compat` tests on vLLM $(COMPAT_VLLM), in $(COMPAT_VENV)
-	$(COMPAT_VENV)/bin/python -m pytest -m compat --durations=15
+	TORCH_COMPILE_DISABLE=1 $(COMPAT_VENV)/bin/python -m pytest -m compat --durations=15
 
 test-fast: venv ## unit tests only (no engine)
 	$(PY) -m pytest tests/unit
