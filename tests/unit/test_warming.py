@@ -19,7 +19,8 @@ from server.base.settings import Settings
 from server.engine.adapters import Adapters
 from server.serving.calls import PRIORITY_WARM
 from server.serving.warming import warm_prompts
-from server.text.prompt import PromptBuilder, SystemPrompts, assemble
+from server.text.end_call import INSTRUCTION as END_CALL_INSTRUCTION
+from server.text.prompt import PromptBuilder, SystemPrompts, alias_prompts, assemble
 from server.text.tokenizer import ChatTokenizer
 from tests.scripted_engine import ScriptedEngine, serve_in_process
 
@@ -79,6 +80,29 @@ def test_one_prompt_per_distinct_prefix_in_a_turns_own_token_ids(tiny_model_dir:
         head = len(tokenizer.encode_template("<|im_start|>system\n"))
         prefix = SystemPrompts({"a": system if system == FIXED else CITY}).fixed_prefix("a")
         assert shared >= head + len(tokenizer.encode_text(prefix)) - 1
+
+
+def test_an_alias_that_ends_calls_warms_its_prompt_with_the_instruction(
+    tiny_model_dir: Path,
+) -> None:
+    """What is warmed is what its turns render (`alias_prompts`): the alias's prompt and the
+    end-call instruction after it; with no prompt of its own, the instruction alone."""
+    aliases = {"closer": {"end_call": True}, "agent": {"system_prompt": FIXED, "end_call": True}}
+    settings = _settings(tiny_model_dir, **aliases)
+    tokenizer = ChatTokenizer.load(str(tiny_model_dir), trust_remote_code=False)
+    prompts = {p.aliases: p.token_ids for p in warm_prompts(settings, tokenizer, ScriptedEngine())}
+    assert set(prompts) == {("closer",), ("agent",)}
+    rendered = alias_prompts(settings.models.aliases)
+    builder = PromptBuilder(tokenizer, 2048, reserve=32, thinking=False)
+    for alias in aliases:
+        system = rendered.render(alias, None)
+        assert END_CALL_INSTRUCTION in system
+        turn = builder.build(assemble(system, [("user", "Bye!")])).token_ids
+        # A fixed prompt: the turn starts with the whole warmed system message.
+        warmed = prompts[(alias,)]
+        shared = next(i for i, (a, b) in enumerate(zip(warmed, turn, strict=False)) if a != b)
+        head = len(tokenizer.encode_template("<|im_start|>system\n"))
+        assert shared >= head + len(tokenizer.encode_text(system))
 
 
 class WarmHeld(ScriptedEngine):
