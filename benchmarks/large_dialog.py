@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.lib.priority import realtime
 from benchmarks.lib.servers import REPO, callgate_side, launch
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {"CALLGATE_SAMPLING__MAX_TOKENS": "1000", "VLLM_CPU_KVCACHE_SPACE": "1"}
     side = callgate_side(model, REPO / "tests" / "tiny.yaml", auth=auth, env=env)
     runs: list[Pause] = []
-    with launch(side, Path(tempfile.mkdtemp())) as srv:
+    with launch(side, Path(tempfile.mkdtemp())) as srv, realtime():
         for i in range(args.runs):
             run = asyncio.run(measure_pause(srv.base_url, auth, time.time_ns() + i, args.messages))
             print(json.dumps(asdict(run)))
